@@ -1,0 +1,1 @@
+"""The HTTP surface: routers, the auth dependency, error mapping."""

@@ -1,0 +1,152 @@
+"""``/v1/files``: upload, list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import StreamingResponse
+
+from barge.api.auth import require_principal
+from barge.api.responses import JSON
+from barge.api.uploads import Upload, receive_upload
+from barge.domain.ids import new_file_id
+from barge.domain.models import UPLOAD_PURPOSES, FileRecord, Principal
+from barge.domain.projection import file_object
+from barge.exceptions import InvalidRequest
+
+if TYPE_CHECKING:
+    from barge.app import App
+
+router = APIRouter(prefix="/v1/files")
+Caller = Annotated[Principal, Depends(require_principal)]
+MIN_EXPIRY, MAX_EXPIRY = 3600, 2_592_000
+
+
+def _app(request: Request) -> App:
+    app: App = request.app.state.barge
+    return app
+
+
+def _expiry(upload: Upload, purpose: str, now: int, default: int) -> int | None:
+    anchor = upload.fields.get("expires_after[anchor]")
+    seconds = upload.fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return now + default if purpose == "batch" else None
+    if anchor != "created_at":
+        raise InvalidRequest("expires_after[anchor] must be 'created_at'.",
+                             param="expires_after.anchor")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        value = -1
+    if not MIN_EXPIRY <= value <= MAX_EXPIRY:
+        raise InvalidRequest(
+            f"expires_after[seconds] must be an integer from {MIN_EXPIRY} to {MAX_EXPIRY}.",
+            param="expires_after.seconds",
+        )
+    return now + value
+
+
+@router.post("")
+async def create_file(request: Request, caller: Caller) -> JSON:
+    app = _app(request)
+    s = app.settings
+    file_id = new_file_id()
+    upload, writer = await receive_upload(request, app.blobs, file_id, max_bytes=s.max_file_bytes)
+    try:
+        purpose = upload.fields.get("purpose")
+        if purpose not in UPLOAD_PURPOSES:
+            raise InvalidRequest(
+                f"'purpose' must be one of {sorted(UPLOAD_PURPOSES)}.", param="purpose",
+                code="invalid_purpose",
+            )
+        now = int(time.time())
+        expires_at = _expiry(upload, purpose, now, s.file_expiry_seconds)
+        if purpose == "batch" and not upload.utf8:
+            raise InvalidRequest("A batch file must be UTF-8 encoded JSONL.", param="file",
+                                 code="invalid_file_encoding")
+    except BaseException:
+        writer.abort()
+        raise
+    info = await writer.commit()
+    if purpose == "batch" and info.bytes == 0:
+        await app.blobs.delete(file_id)
+        raise InvalidRequest("The file is empty.", param="file", code="empty_file")
+    record = FileRecord(
+        id=file_id,
+        account=caller.account,
+        filename=_safe_name(upload.filename),
+        purpose=purpose,
+        bytes=info.bytes,
+        sha256=info.sha256,
+        created_at=now,
+        expires_at=expires_at,
+        lines=info.lines,
+    )
+    try:
+        await app.store.create_file(record)
+    except BaseException:
+        await app.blobs.delete(file_id)
+        raise
+    return JSON(file_object(record))
+
+
+def _safe_name(name: str | None) -> str:
+    """The client's filename, kept only as a label (never a path): last path component,
+    no control characters, at most 255 characters."""
+    if not name:
+        return "upload.jsonl"
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(ch for ch in base if ch.isprintable())[:255]
+    return cleaned or "upload.jsonl"
+
+
+@router.get("")
+async def list_files(
+    request: Request,
+    caller: Caller,
+    purpose: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    after: str | None = None,
+) -> JSON:
+    page = await _app(request).store.list_files(
+        caller.account, purpose=purpose, limit=limit, order=order, after=after
+    )
+    data = [file_object(f) for f in page.items]
+    return JSON(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": page.has_more,
+        }
+    )
+
+
+@router.get("/{file_id}")
+async def retrieve_file(request: Request, caller: Caller, file_id: str) -> JSON:
+    return JSON(file_object(await _app(request).store.get_file(caller.account, file_id)))
+
+
+@router.get("/{file_id}/content")
+async def file_content(request: Request, caller: Caller, file_id: str) -> StreamingResponse:
+    app = _app(request)
+    record = await app.store.get_file(caller.account, file_id)
+    app.blobs.local_path(record.id)  # 404 now rather than a broken stream later
+    return StreamingResponse(
+        app.blobs.stream(record.id),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(record.bytes)},
+    )
+
+
+@router.delete("/{file_id}")
+async def delete_file(request: Request, caller: Caller, file_id: str) -> JSON:
+    app = _app(request)
+    await app.store.delete_file(caller.account, file_id)
+    await app.blobs.delete(file_id)
+    return JSON({"id": file_id, "object": "file", "deleted": True})

@@ -1,0 +1,58 @@
+"""The composition root: ``App(settings)`` opens the store, blobs, upstream client and
+engine, and closes them in reverse. The web app's lifespan owns one."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+from barge.api.auth import Authenticator
+from barge.blobs.local import LocalBlobs
+from barge.engine.dispatch import Dispatcher, RetryPolicy
+from barge.engine.runner import Engine
+from barge.settings import Settings
+from barge.store.sqlite import SQLiteStore
+from barge.upstreams.client import UpstreamClient
+
+log = logging.getLogger("barge")
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = SQLiteStore(settings.db_path)
+        self.blobs = LocalBlobs(settings.files_dir, settings.tmp_dir)
+        self.client = UpstreamClient(
+            settings.upstream,
+            api_key=settings.upstream_api_key,
+            timeout=settings.upstream_timeout,
+            max_connections=settings.upstream_concurrency,
+        )
+        self.dispatcher = Dispatcher(
+            self.client,
+            RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max),
+        )
+        self.engine = (
+            Engine(self.store, self.blobs, self.dispatcher, settings) if settings.engine else None
+        )
+        self.auth = Authenticator(self.store, settings.admin_key)
+
+    async def __aenter__(self) -> App:
+        await self.store.open()
+        self.blobs.clear_tmp()
+        await self.client.open()
+        if self.engine is not None:
+            await self.engine.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.engine is not None:
+            await self.engine.stop(self.settings.shutdown_grace)
+        await self.client.close()
+        await self.store.close()

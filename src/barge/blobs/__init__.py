@@ -1,0 +1,1 @@
+"""File bytes behind the ``Blobs`` protocol: local disk by default."""

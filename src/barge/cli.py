@@ -1,0 +1,214 @@
+"""``barge``: serve, keys, demo. Every flag can also come from a ``BARGE_*`` variable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from barge.keys import create_key
+from barge.settings import DEFAULT_ENDPOINTS, Settings
+from barge.store.sqlite import SQLiteStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+        default=Path("./barge-data"), show_default=True, envvar="BARGE_DATA_DIR",
+        show_envvar=True, help="Where the database, files and work in progress live.",
+    )(f)
+
+
+def server_options(f: F) -> F:
+    d = Settings()
+    options = [
+        click.option("--host", default=d.host, show_default=True, envvar="BARGE_HOST",
+                     show_envvar=True, help="Address to listen on."),
+        click.option("--port", type=int, default=d.port, show_default=True,
+                     envvar="BARGE_PORT", show_envvar=True, help="Port to listen on."),
+        data_dir_option,
+        click.option("--upstream", default=d.upstream, show_default=True,
+                     envvar="BARGE_UPSTREAM", show_envvar=True,
+                     help="Base URL of the OpenAI-compatible upstream, ending in /v1."),
+        click.option("--upstream-api-key", default=None, envvar="BARGE_UPSTREAM_API_KEY",
+                     show_envvar=True, help="Bearer key sent to the upstream, if it needs one."),
+        click.option("--upstream-concurrency", type=click.IntRange(1, 100_000),
+                     default=d.upstream_concurrency, show_default=True,
+                     envvar="BARGE_UPSTREAM_CONCURRENCY", show_envvar=True,
+                     help="Most requests in flight to the upstream at once."),
+        click.option("--upstream-timeout", type=click.FloatRange(0.1), default=d.upstream_timeout,
+                     show_default=True, envvar="BARGE_UPSTREAM_TIMEOUT", show_envvar=True,
+                     help="Seconds one upstream attempt may take."),
+        click.option("--max-attempts", type=click.IntRange(1, 100), default=d.max_attempts,
+                     show_default=True, envvar="BARGE_MAX_ATTEMPTS", show_envvar=True,
+                     help="Attempts per request, the first included."),
+        click.option("--backoff-base", type=click.FloatRange(0.0), default=d.backoff_base,
+                     show_default=True, envvar="BARGE_BACKOFF_BASE", show_envvar=True,
+                     help="Seconds; retry n waits up to base * 2**(n-1), with full jitter."),
+        click.option("--endpoints", default=",".join(DEFAULT_ENDPOINTS), show_default=True,
+                     envvar="BARGE_ENDPOINTS", show_envvar=True,
+                     help="Comma-separated endpoints a batch may target."),
+        click.option("--completion-windows", default="24h", show_default=True,
+                     envvar="BARGE_COMPLETION_WINDOWS", show_envvar=True,
+                     help="Comma-separated completion windows accepted (e.g. 24h,1h,90s)."),
+        click.option("--max-requests", type=click.IntRange(1), default=d.max_requests,
+                     show_default=True, envvar="BARGE_MAX_REQUESTS", show_envvar=True,
+                     help="Most requests in one input file."),
+        click.option("--max-file-bytes", type=click.IntRange(1), default=d.max_file_bytes,
+                     show_default=True, envvar="BARGE_MAX_FILE_BYTES", show_envvar=True,
+                     help="Largest upload, in bytes."),
+        click.option("--shutdown-grace", type=click.FloatRange(0.0), default=d.shutdown_grace,
+                     show_default=True, envvar="BARGE_SHUTDOWN_GRACE", show_envvar=True,
+                     help="Seconds in-flight requests get to finish on SIGTERM."),
+        click.option("--log-level", default="info", show_default=True,
+                     envvar="BARGE_LOG_LEVEL", show_envvar=True,
+                     type=click.Choice(["debug", "info", "warning", "error"])),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
+    return Settings(
+        data_dir=options["data_dir"],
+        host=options["host"],
+        port=options["port"],
+        upstream=options["upstream"],
+        upstream_api_key=options["upstream_api_key"],
+        upstream_concurrency=options["upstream_concurrency"],
+        upstream_timeout=options["upstream_timeout"],
+        max_attempts=options["max_attempts"],
+        backoff_base=options["backoff_base"],
+        endpoints=_csv(options["endpoints"]),
+        completion_windows=_csv(options["completion_windows"]),
+        max_requests=options["max_requests"],
+        max_file_bytes=options["max_file_bytes"],
+        shutdown_grace=options["shutdown_grace"],
+        admin_key=admin_key,
+    )
+
+
+def _run_with_store(data_dir: Path, work: Callable[[SQLiteStore], Awaitable[R]]) -> R:
+    async def main() -> R:
+        store = SQLiteStore(data_dir / "barge.db")
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group()
+@click.version_option(package_name="barge")
+def main() -> None:
+    """Barge: a self-hosted batch API server that speaks the OpenAI Files and Batch APIs."""
+
+
+@main.command()
+@server_options
+@click.option("--admin-key", default=None, envvar="BARGE_ADMIN_KEY", show_envvar=True,
+              help="A key with every permission (never stored).")
+def serve(admin_key: str | None, **options: Any) -> None:
+    """Run the API server and the batch engine."""
+    from barge.runserver import run
+
+    _setup_logging(options["log_level"])
+    settings = settings_from(options, admin_key)
+    if admin_key is None:
+        _ensure_first_key(settings.data_dir)
+    run(settings, log_level=options["log_level"])
+
+
+def _ensure_first_key(data_dir: Path) -> None:
+    """With no admin key and no stored key, make one admin key and print it once."""
+
+    async def work(store: SQLiteStore) -> str | None:
+        if await store.list_keys():
+            return None
+        _, secret = await create_key(store, name="first-admin", role="admin", account="default")
+        return secret
+
+    secret = _run_with_store(data_dir, work)
+    if secret is not None:
+        click.echo(
+            f"No keys yet: created an admin key (shown only now).\n  {secret}", err=True
+        )
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@data_dir_option
+@click.option("--name", required=True, help="A label for the key.")
+@click.option("--role", default="admin", show_default=True, help="The key's role.")
+@click.option("--account", default="default", show_default=True,
+              help="The account the key acts for.")
+def keys_create(data_dir: Path, name: str, role: str, account: str) -> None:
+    """Create a key; the key itself is the last line printed."""
+
+    async def work(store: SQLiteStore) -> tuple[str, str]:
+        record, secret = await create_key(store, name=name, role=role, account=account)
+        return record.id, secret
+
+    key_id, secret = _run_with_store(data_dir, work)
+    click.echo(f"created key {key_id} ({name}, role {role}, account {account})")
+    click.echo(secret)
+
+
+@keys.command("list")
+@data_dir_option
+def keys_list(data_dir: Path) -> None:
+    """List keys (never the secrets)."""
+    for k in _run_with_store(data_dir, lambda store: store.list_keys()):
+        state = "revoked" if k.revoked_at else "live"
+        click.echo(f"{k.id}\t{k.name}\t{k.role}\t{k.account}\t{state}")
+
+
+@keys.command("revoke")
+@data_dir_option
+@click.argument("key_id")
+def keys_revoke(data_dir: Path, key_id: str) -> None:
+    """Revoke a key by its id."""
+    _run_with_store(data_dir, lambda store: store.revoke_key(key_id))
+    click.echo(f"revoked {key_id}")
+
+
+@main.command()
+@click.option("--requests", "n", type=click.IntRange(1, 50_000), default=200, show_default=True,
+              help="How many requests the example batch holds.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the demo's data here (default: a temporary folder).")
+def demo(n: int, data_dir: Path | None) -> None:
+    """Run a server and a simulated upstream, submit an example batch, show the results."""
+    from barge.demo import run_demo
+
+    run_demo(n, data_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The engine: validates inputs, dispatches requests, writes results, finishes batches."""

@@ -1,0 +1,123 @@
+"""Runs one request line against the upstream: send, classify, retry, and build its result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from barge.domain.ids import new_request_id
+from barge.domain.results import ResultCodes, error_line, output_line
+from barge.engine.retry import backoff, is_retryable_status, retry_after
+from barge.upstreams.client import Reply, UpstreamClient, UpstreamTimeout
+from barge.exceptions import UpstreamError
+
+log = logging.getLogger("barge.dispatch")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ok: bool  # True: an output-file line; False: an error-file line
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error_body(data: bytes) -> Any:
+    """An upstream's error body as JSON where it is JSON, else as (truncated) text."""
+    parsed = _json_or_none(data)
+    if parsed is not None:
+        return parsed
+    return data[:2048].decode("utf-8", "replace")
+
+
+class Dispatcher:
+    def __init__(self, client: UpstreamClient, policy: RetryPolicy) -> None:
+        self._client = client
+        self._policy = policy
+
+    async def execute(self, raw: bytes, stopping: Callable[[], bool]) -> Result | None:
+        """The result of one validated input line, or None when the batch stopped
+        (cancel, expiry, shutdown) before a final answer: then nothing is recorded."""
+        line = orjson.loads(raw)
+        custom_id: str = line["custom_id"]
+        endpoint: str = line["url"]
+        body = orjson.dumps(line["body"])
+        policy = self._policy
+        attempt = 0
+        while True:
+            attempt += 1
+            last_try = attempt >= policy.max_attempts
+            wait: float | None = None
+            try:
+                reply = await self._client.send(endpoint, body)
+            except UpstreamError as e:
+                if last_try:
+                    code = (
+                        ResultCodes.UPSTREAM_TIMEOUT
+                        if isinstance(e, UpstreamTimeout)
+                        else ResultCodes.UPSTREAM_CONNECTION_ERROR
+                    )
+                    return Result(False, error_line(custom_id, code, e.message))
+            else:
+                result = self._classify(custom_id, reply, last_try)
+                if result is not None:
+                    return result
+                wait = retry_after(reply.headers)
+            if stopping():
+                return None
+            delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
+            await asyncio.sleep(max(delay, wait or 0.0))
+            if stopping():
+                return None
+
+    @staticmethod
+    def _classify(custom_id: str, reply: Reply, last_try: bool) -> Result | None:
+        """The final result for this reply, or None to try again."""
+        request_id = reply.headers.get("x-request-id") or new_request_id()
+        if 200 <= reply.status < 300:
+            parsed = _json_or_none(reply.body)
+            if parsed is not None:
+                return Result(True, output_line(custom_id, reply.status, request_id, parsed))
+            if not last_try:
+                return None
+            return Result(
+                False,
+                error_line(
+                    custom_id,
+                    ResultCodes.INVALID_UPSTREAM_RESPONSE,
+                    "The upstream answered with a body that is not JSON.",
+                    status_code=reply.status,
+                    request_id=request_id,
+                    body=reply.body[:2048].decode("utf-8", "replace"),
+                ),
+            )
+        if is_retryable_status(reply.status) and not last_try:
+            return None
+        return Result(
+            False,
+            error_line(
+                custom_id,
+                ResultCodes.UPSTREAM_HTTP_ERROR,
+                f"The upstream answered with HTTP {reply.status}.",
+                status_code=reply.status,
+                request_id=request_id,
+                body=_error_body(reply.body),
+            ),
+        )

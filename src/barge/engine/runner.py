@@ -1,0 +1,329 @@
+"""The engine loop: find unfinished batches and drive each along its lifecycle.
+
+Every step starts from what the Store says, so a process that dies anywhere resumes
+where the durable state left off; see ``parts`` for why results are written once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from barge.blobs.protocol import Blobs
+from barge.domain.models import OUTPUT_PURPOSE, BatchRecord, FileRecord, LineError, Slice
+from barge.domain.status import TERMINAL, Status
+from barge.domain.validation import LineCodes, is_blank
+from barge.engine.dispatch import Dispatcher
+from barge.engine.finalize import merge_results, part_path, result_file_id
+from barge.engine.parts import PartWriter, done_map
+from barge.engine.scan import scan_input
+from barge.exceptions import Conflict, NotFound
+from barge.settings import Settings
+from barge.store.protocol import Store
+
+log = logging.getLogger("barge.engine")
+
+# Statuses in which the completion window still matters.
+_EXPIRABLE = frozenset(
+    {Status.NEW, Status.COPYING, Status.COPIED, Status.VALIDATING, Status.PROCESSING}
+)
+_SIMPLE_MOVES = {
+    Status.NEW: Status.COPYING,
+    Status.COPYING: Status.COPIED,
+    Status.COPIED: Status.VALIDATING,
+    Status.PROCESSED: Status.WRITING_RESULTS,
+    Status.CANCEL: Status.CANCELLING,
+}
+MAX_ACTIVE_BATCHES = 64
+SLICES_PER_BATCH = 4
+
+
+class BatchRun:
+    """A batch in ``processing`` on this node: its part writers and why it stops."""
+
+    def __init__(self, batch: BatchRecord, store: Store) -> None:
+        self.batch = batch
+        self.stop_reason: str | None = None
+        self.writers: dict[int, PartWriter] = {}
+        self._store = store
+        self._flush_lock = asyncio.Lock()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    async def flush(self) -> None:
+        """Make buffered results durable, then acknowledge them in the Store."""
+        async with self._flush_lock:
+            pending = [(w, w.take()) for w in self.writers.values() if w.pending]
+            if not pending:
+                return
+            progress = await asyncio.to_thread(lambda: [w.sync(*t) for w, t in pending])
+            await self._store.record_progress(self.batch.id, progress)
+
+
+class Engine:
+    def __init__(
+        self, store: Store, blobs: Blobs, dispatcher: Dispatcher, settings: Settings
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._gate = asyncio.Semaphore(settings.upstream_concurrency)
+        self._wake = asyncio.Event()
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._runs: dict[str, BatchRun] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle of the engine itself ------------------------------------------
+
+    async def start(self) -> None:
+        self._settings.work_dir.mkdir(parents=True, exist_ok=True)
+        self._loop_task = asyncio.create_task(self._loop(), name="barge-engine")
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking work, give in-flight requests ``grace`` seconds, record what
+        finished; whatever did not finish resumes at the next start."""
+        self._stopping = True
+        self._wake.set()
+        for run in self._runs.values():
+            run.stop("shutdown")
+        if self._loop_task is not None:
+            await self._loop_task
+        drivers = list(self._drivers.values())
+        if drivers:
+            _, late = await asyncio.wait(drivers, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    def poke(self, batch_id: str | None = None, *, cancel: bool = False) -> None:
+        """Look for work now; with ``cancel``, stop dispatching ``batch_id`` at once."""
+        if cancel and batch_id in self._runs:
+            self._runs[batch_id].stop("cancel")
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                batches = await self._store.unfinished_batches()
+            except Exception:
+                log.exception("cannot list unfinished batches")
+                batches = []
+            for b in batches:
+                if b.id in self._drivers or len(self._drivers) >= MAX_ACTIVE_BATCHES:
+                    continue
+                task = asyncio.create_task(self._drive(b.id), name=f"drive-{b.id}")
+                self._drivers[b.id] = task
+                task.add_done_callback(lambda _t, i=b.id: self._drivers.pop(i, None))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+
+    # -- one batch ---------------------------------------------------------------
+
+    async def _drive(self, batch_id: str) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                b = await self._store.get_batch(None, batch_id)
+                if b.status in TERMINAL or b.status is Status.DELETING:
+                    return
+                reason = await self._step(b)
+                if reason == "shutdown":
+                    return
+                if reason == "error":
+                    raise RuntimeError("recording results failed")
+                failures = 0
+            except Conflict:
+                continue  # raced with a cancel or another move: look again
+            except Exception:
+                failures += 1
+                log.exception("batch %s: step failed (attempt %d); retrying", batch_id, failures)
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+
+    async def _step(self, b: BatchRecord) -> str | None:
+        if b.status in _EXPIRABLE and time.time() >= b.expires_at:
+            await self._finish(b, Status.EXPIRED, expire_rest=True)
+        elif b.status in _SIMPLE_MOVES:
+            await self._store.transition(b.id, _SIMPLE_MOVES[b.status], only_from=(b.status,))
+        elif b.status is Status.VALIDATING:
+            await self._validate(b)
+        elif b.status is Status.PROCESSING:
+            reason = await self._process(b)
+            if reason == "done":
+                await self._store.transition(b.id, Status.PROCESSED, only_from=(b.status,))
+            return reason
+        elif b.status is Status.WRITING_RESULTS:
+            await self._finish(b, Status.COMPLETED, expire_rest=False)
+        elif b.status is Status.CANCELLING:
+            await self._finish(b, Status.CANCELLED, expire_rest=False)
+        return None
+
+    async def _validate(self, b: BatchRecord) -> None:
+        s = self._settings
+        shutil.rmtree(s.work_dir / b.id, ignore_errors=True)
+        try:
+            path = self._blobs.local_path(b.input_file_id)
+        except NotFound:
+            missing = LineError(LineCodes.INPUT_FILE_MISSING, "The input file is gone.")
+            await self._store.fail_validation(b.id, errors=[missing], total=0)
+            return
+        scan = await asyncio.to_thread(
+            scan_input,
+            path,
+            batch_id=b.id,
+            endpoint=b.endpoint,
+            max_requests=s.max_requests,
+            max_bytes=s.max_file_bytes,
+            slice_lines=s.slice_lines,
+        )
+        if scan.errors:
+            log.info("batch %s: %d bad lines", b.id, scan.error_count)
+            await self._store.fail_validation(b.id, errors=scan.errors, total=scan.total)
+        else:
+            await self._store.start_processing(
+                b.id, slices=scan.slices, total=scan.total, model=scan.model
+            )
+
+    async def _process(self, b: BatchRecord) -> str:
+        """Dispatch every request without a durable result; returns why it stopped:
+        done, cancel, expire, shutdown or error."""
+        run = BatchRun(b, self._store)
+        if self._stopping:
+            return "shutdown"
+        self._runs[b.id] = run
+        input_path = self._blobs.local_path(b.input_file_id)
+        todo = [s for s in await self._store.list_slices(b.id) if not s.done]
+        lanes = asyncio.Semaphore(SLICES_PER_BATCH)
+
+        async def lane(s: Slice) -> None:
+            async with lanes:
+                if not run.stopping:
+                    await self._run_slice(run, s, input_path)
+
+        watcher = asyncio.create_task(self._watch(run))
+        try:
+            await asyncio.gather(*(lane(s) for s in todo))
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            self._runs.pop(b.id, None)
+            await asyncio.shield(run.flush())
+        return run.stop_reason or "done"
+
+    async def _watch(self, run: BatchRun) -> None:
+        """Flush results every interval; notice a cancel or the end of the window."""
+        s = self._settings
+        last_look = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(s.flush_interval)
+                await run.flush()
+                if time.time() >= run.batch.expires_at:
+                    run.stop("expire")
+                if time.monotonic() - last_look >= s.poll_interval:
+                    last_look = time.monotonic()
+                    current = await self._store.get_batch(None, run.batch.id)
+                    if current.status is not Status.PROCESSING:
+                        run.stop("cancel")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch %s: cannot record results; resuming from the store",
+                          run.batch.id)
+            run.stop("error")
+
+    async def _run_slice(self, run: BatchRun, s: Slice, input_path: Path) -> None:
+        part = part_path(self._settings.work_dir, s.batch_id, s.no)
+        done = await asyncio.to_thread(done_map, part, s.committed_bytes, s.n_lines)
+        writer = PartWriter(part, s.no, s.committed_bytes)
+        run.writers[s.no] = writer
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            with open(input_path, "rb") as fh:
+                fh.seek(s.start_offset)
+                for i in range(s.n_lines):
+                    raw = fh.readline()
+                    if done[i] or is_blank(raw):
+                        continue
+                    await self._gate.acquire()
+                    if run.stopping:
+                        self._gate.release()
+                        break
+                    task = asyncio.create_task(self._one(run, writer, i, raw))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if not run.stopping:
+            writer.mark_done()
+
+    async def _one(self, run: BatchRun, writer: PartWriter, index: int, raw: bytes) -> None:
+        try:
+            result = await self._dispatcher.execute(raw, lambda: run.stopping)
+            if result is not None:
+                writer.append(index, result.ok, result.line)
+        finally:
+            self._gate.release()
+
+    async def _finish(self, b: BatchRecord, to: Status, *, expire_rest: bool) -> None:
+        """Write the output and error files, publish them, and end the batch, at once."""
+        s = self._settings
+        slices = await self._store.list_slices(b.id)
+        try:
+            input_path = self._blobs.local_path(b.input_file_id)
+        except NotFound:
+            input_path, expire_rest = Path("/dev/null"), False
+        merged = await asyncio.to_thread(
+            merge_results,
+            batch_id=b.id,
+            slices=slices,
+            input_path=input_path,
+            work_dir=s.work_dir,
+            expire_rest=expire_rest,
+        )
+        now = int(time.time())
+        files: list[FileRecord] = []
+        fields: dict[str, object] = {"completed": merged.completed, "failed": merged.failed}
+        for kind, written, field in (
+            ("output", merged.output, "output_file_id"),
+            ("errors", merged.errors, "error_file_id"),
+        ):
+            if written.lines == 0:
+                continue
+            file_id = result_file_id(b.id, kind)
+            await self._blobs.publish(file_id, written.path)
+            files.append(
+                FileRecord(
+                    id=file_id,
+                    account=b.account,
+                    filename=f"{b.id}_{kind}.jsonl",
+                    purpose=OUTPUT_PURPOSE,
+                    bytes=written.bytes,
+                    sha256=written.sha256,
+                    created_at=now,
+                    expires_at=now + s.file_expiry_seconds,
+                    lines=written.lines,
+                )
+            )
+            fields[field] = file_id
+        await self._store.finish(b.id, to, files=files, **fields)
+        shutil.rmtree(s.work_dir / b.id, ignore_errors=True)
+        log.info("batch %s: %s (%d ok, %d failed)", b.id, to.value, merged.completed,
+                 merged.failed)

@@ -1,0 +1,72 @@
+"""Barge's own exceptions. Driver errors are translated into these at the edges.
+
+    BargeError
+    ├── InvalidRequest      a caller's input is wrong (HTTP 400)
+    │   └── PayloadTooLarge     an upload is over a limit (HTTP 413)
+    ├── Unauthenticated     no key, or an unknown or revoked key (HTTP 401)
+    ├── PermissionDenied    the key may not do this (HTTP 403)
+    ├── NotFound            no such object for this account (HTTP 404)
+    ├── Conflict            the object's state forbids the action (HTTP 409)
+    ├── StorageError        the disk refused a write (HTTP 507 or 500)
+    ├── StoreUnavailable    the metadata store failed (HTTP 503)
+    └── UpstreamError       the upstream could not be reached or answered badly
+"""
+
+from __future__ import annotations
+
+
+class BargeError(Exception):
+    """Base class of every error Barge raises on purpose."""
+
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(BargeError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+
+
+class Unauthenticated(BargeError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
+class PermissionDenied(BargeError):
+    status_code = 403
+    error_type = "invalid_request_error"
+
+
+class NotFound(BargeError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class Conflict(BargeError):
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
+class StorageError(BargeError):
+    status_code = 507
+    error_type = "server_error"
+
+
+class StoreUnavailable(BargeError):
+    status_code = 503
+    error_type = "server_error"
+
+
+class UpstreamError(BargeError):
+    status_code = 502
+    error_type = "server_error"

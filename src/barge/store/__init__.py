@@ -1,0 +1,1 @@
+"""Metadata and work-queue persistence behind the ``Store`` protocol."""

@@ -1,0 +1,105 @@
+"""The ``Store`` protocol: persistence in verbs of the domain. Every implementation
+passes the contract suite in ``tests/store/``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
+from barge.domain.status import Status
+
+
+@dataclass(frozen=True, slots=True)
+class SliceProgress:
+    """What one flush made durable for one slice: its new part length and count deltas."""
+
+    no: int
+    committed_bytes: int
+    completed: int  # added since the last flush
+    failed: int  # added since the last flush
+    done: bool
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema to the newest version."""
+
+    async def close(self) -> None: ...
+
+    # Files.
+    async def create_file(self, f: FileRecord) -> None: ...
+
+    async def get_file(self, account: str, file_id: str) -> FileRecord:
+        """Raises NotFound when no such file belongs to ``account``."""
+
+    async def list_files(
+        self, account: str, *, purpose: str | None, limit: int, order: str, after: str | None
+    ) -> Page[FileRecord]: ...
+
+    async def delete_file(self, account: str, file_id: str) -> None:
+        """Raises NotFound, or Conflict when an unfinished batch reads the file."""
+
+    # Batches.
+    async def create_batch(self, b: BatchRecord) -> None: ...
+
+    async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord:
+        """``account`` None: any account (the engine's view)."""
+
+    async def list_batches(
+        self, account: str, *, after: str | None, limit: int
+    ) -> Page[BatchRecord]: ...
+
+    async def transition(
+        self, batch_id: str, to: Status, *, only_from: Iterable[Status] | None = None,
+        **fields: Any,
+    ) -> BatchRecord:
+        """Move a batch along the lifecycle, setting ``fields`` and the status's timestamp.
+        Raises Conflict when the move is not allowed from the current status (or it is
+        not one of ``only_from``)."""
+
+    async def request_cancel(self, account: str, batch_id: str) -> BatchRecord:
+        """Mark a batch ``cancel``; idempotent while it is being cancelled; Conflict once
+        it is terminal."""
+
+    async def start_processing(
+        self, batch_id: str, *, slices: Sequence[Slice], total: int, model: str | None
+    ) -> BatchRecord:
+        """validating → processing, with the batch's work slices, in one transaction."""
+
+    async def fail_validation(
+        self, batch_id: str, *, errors: Sequence[LineError], total: int
+    ) -> BatchRecord: ...
+
+    async def list_slices(self, batch_id: str) -> list[Slice]: ...
+
+    async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
+        """Acknowledge durable results of several slices in one transaction."""
+
+    async def finish(
+        self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
+    ) -> BatchRecord:
+        """Publish result files and move the batch to ``to`` in one transaction."""
+
+    async def unfinished_batches(self) -> list[BatchRecord]:
+        """Every batch not in a terminal status, oldest first."""
+
+    # Keys.
+    async def create_key(self, key: KeyRecord, key_hash: str) -> None: ...
+
+    async def principal_for(self, key_hash: str) -> Principal | None:
+        """The live (not revoked) key with this hash, or None."""
+
+    async def list_keys(self) -> list[KeyRecord]: ...
+
+    async def revoke_key(self, key_id: str) -> None: ...

@@ -1,0 +1,487 @@
+"""The default Store: one SQLite file in WAL mode, driven from one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
+from barge.domain.status import CANCELLABLE, STAMPS, TERMINAL, Status, can_transition
+from barge.exceptions import Conflict, NotFound, StorageError, StoreUnavailable
+from barge.store.protocol import Page, SliceProgress
+
+R = TypeVar("R")
+
+_BATCH_COLUMNS = (
+    "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
+    " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
+    " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
+    " cancelling_at, cancelled_at"
+)
+_FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
+# Columns ``transition``/``finish`` may set besides status and timestamps.
+_SETTABLE = frozenset({"output_file_id", "error_file_id", "total", "completed", "failed", "model"})
+
+
+def migrations() -> list[tuple[int, str]]:
+    """Every migration as (version, SQL), in order."""
+    folder = resources.files("barge.store") / "sql"
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            found.append((int(name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+def _batch(row: sqlite3.Row) -> BatchRecord:
+    errors = [LineError(**e) for e in orjson.loads(row["errors"])] if row["errors"] else []
+    return BatchRecord(
+        id=row["id"],
+        account=row["account"],
+        endpoint=row["endpoint"],
+        completion_window=row["completion_window"],
+        input_file_id=row["input_file_id"],
+        status=Status(row["status"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+        metadata=orjson.loads(row["metadata"]) if row["metadata"] is not None else None,
+        model=row["model"],
+        total=row["total"],
+        completed=row["completed"],
+        failed=row["failed"],
+        errors=errors,
+        output_file_id=row["output_file_id"],
+        error_file_id=row["error_file_id"],
+        in_progress_at=row["in_progress_at"],
+        finalizing_at=row["finalizing_at"],
+        completed_at=row["completed_at"],
+        failed_at=row["failed_at"],
+        expired_at=row["expired_at"],
+        cancelling_at=row["cancelling_at"],
+        cancelled_at=row["cancelled_at"],
+    )
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118
+
+
+def _slice(row: sqlite3.Row) -> Slice:
+    return Slice(**{k: row[k] for k in row.keys()} | {"done": bool(row["done"])})  # noqa: SIM118
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="barge-sqlite")
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        db = self._db
+        if db is None:
+            raise StoreUnavailable("The store is closed.")
+        try:
+            return fn(db)
+        except sqlite3.OperationalError as e:
+            if db.in_transaction:
+                db.rollback()
+            if "full" in str(e):
+                raise StorageError("The disk holding the database is full.") from e
+            raise StoreUnavailable(f"The database failed: {e}") from e
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
+
+    def _connect(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=10000")
+        current = db.execute("PRAGMA user_version").fetchone()[0]
+        for version, sql in migrations():
+            if version > current:
+                db.execute("BEGIN IMMEDIATE")
+                for statement in _statements(sql):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={version}")
+                db.execute("COMMIT")
+        self._db = db
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, self._connect)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"Cannot open the database at {self._path}: {e}") from e
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, _close)
+        self._thread.shutdown(wait=True)
+
+    # -- files ----------------------------------------------------------------
+
+    async def create_file(self, f: FileRecord) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                (f.id, f.account, f.filename, f.purpose, f.bytes, f.sha256, f.created_at,
+                 f.expires_at, f.lines),
+            )
+
+        await self._run(q)
+
+    async def get_file(self, account: str, file_id: str) -> FileRecord:
+        def q(db: sqlite3.Connection) -> FileRecord:
+            row = db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE id=? AND account=?", (file_id, account)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"No such file: {file_id}", param="file_id")
+            return _file(row)
+
+        return await self._run(q)
+
+    async def list_files(
+        self, account: str, *, purpose: str | None, limit: int, order: str, after: str | None
+    ) -> Page[FileRecord]:
+        desc = order == "desc"
+
+        def q(db: sqlite3.Connection) -> Page[FileRecord]:
+            where, args = ["account=?"], [account]
+            if purpose is not None:
+                where.append("purpose=?")
+                args.append(purpose)
+            if after is not None:
+                row = db.execute(
+                    "SELECT seq FROM files WHERE id=? AND account=?", (after, account)
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"No such file: {after}", param="after")
+                where.append("seq < ?" if desc else "seq > ?")
+                args.append(row["seq"])
+            rows = db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE {' AND '.join(where)}"
+                f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            return Page([_file(r) for r in rows[:limit]], len(rows) > limit)
+
+        return await self._run(q)
+
+    async def delete_file(self, account: str, file_id: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT 1 FROM files WHERE id=? AND account=?", (file_id, account)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"No such file: {file_id}", param="file_id")
+            placeholders = ",".join("?" * len(TERMINAL))
+            busy = db.execute(
+                f"SELECT id FROM batches WHERE input_file_id=? AND status NOT IN ({placeholders})"
+                " LIMIT 1",
+                (file_id, *TERMINAL),
+            ).fetchone()
+            if busy is not None:
+                raise Conflict(
+                    f"The file is the input of batch {busy['id']}, which has not finished.",
+                    param="file_id",
+                )
+            db.execute("DELETE FROM files WHERE id=?", (file_id,))
+            db.execute("COMMIT")
+
+        await self._run(q)
+
+    # -- batches --------------------------------------------------------------
+
+    async def create_batch(self, b: BatchRecord) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
+                " status, created_at, updated_at, expires_at, metadata, total)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (b.id, b.account, b.endpoint, b.completion_window, b.input_file_id,
+                 b.status.value, b.created_at, b.updated_at, b.expires_at,
+                 orjson.dumps(b.metadata).decode() if b.metadata is not None else None,
+                 b.total),
+            )
+
+        await self._run(q)
+
+    @staticmethod
+    def _get_batch(db: sqlite3.Connection, account: str | None, batch_id: str) -> BatchRecord:
+        if account is None:
+            row = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)
+            ).fetchone()
+        else:
+            row = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=? AND account=?"
+                " AND status != 'deleting'",
+                (batch_id, account),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"No such batch: {batch_id}", param="batch_id")
+        return _batch(row)
+
+    async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord:
+        return await self._run(lambda db: self._get_batch(db, account, batch_id))
+
+    async def list_batches(
+        self, account: str, *, after: str | None, limit: int
+    ) -> Page[BatchRecord]:
+        def q(db: sqlite3.Connection) -> Page[BatchRecord]:
+            where, args = ["account=?", "status != 'deleting'"], [account]
+            if after is not None:
+                row = db.execute(
+                    "SELECT seq FROM batches WHERE id=? AND account=?", (after, account)
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"No such batch: {after}", param="after")
+                where.append("seq < ?")
+                args.append(row["seq"])
+            rows = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {' AND '.join(where)}"
+                " ORDER BY seq DESC LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            return Page([_batch(r) for r in rows[:limit]], len(rows) > limit)
+
+        return await self._run(q)
+
+    @staticmethod
+    def _transition(
+        db: sqlite3.Connection,
+        batch_id: str,
+        to: Status,
+        only_from: Iterable[Status] | None,
+        fields: dict[str, Any],
+    ) -> BatchRecord:
+        """Inside an open transaction: check the move, write it, return the new record."""
+        current = SQLiteStore._get_batch(db, None, batch_id)
+        allowed = can_transition(current.status, to)
+        if only_from is not None and current.status not in set(only_from):
+            allowed = False
+        if not allowed:
+            raise Conflict(
+                f"Batch {batch_id} is {current.status.value}; it cannot become {to.value}.",
+                param="batch_id",
+                code="invalid_status",
+            )
+        unknown = set(fields) - _SETTABLE
+        if unknown:
+            raise ValueError(f"not settable: {sorted(unknown)}")
+        now = time.time()
+        sets = {"status": to.value, "updated_at": now, **fields}
+        stamp = STAMPS.get(to)
+        if stamp is not None and getattr(current, stamp) is None:
+            sets[stamp] = int(now)
+        db.execute(
+            f"UPDATE batches SET {', '.join(f'{k}=?' for k in sets)} WHERE id=?",
+            (*sets.values(), batch_id),
+        )
+        return SQLiteStore._get_batch(db, None, batch_id)
+
+    async def transition(
+        self, batch_id: str, to: Status, *, only_from: Iterable[Status] | None = None,
+        **fields: Any,
+    ) -> BatchRecord:
+        def q(db: sqlite3.Connection) -> BatchRecord:
+            db.execute("BEGIN IMMEDIATE")
+            b = self._transition(db, batch_id, to, only_from, fields)
+            db.execute("COMMIT")
+            return b
+
+        return await self._run(q)
+
+    async def request_cancel(self, account: str, batch_id: str) -> BatchRecord:
+        def q(db: sqlite3.Connection) -> BatchRecord:
+            db.execute("BEGIN IMMEDIATE")
+            b = self._get_batch(db, account, batch_id)
+            if b.status in (Status.CANCEL, Status.CANCELLING):
+                db.execute("COMMIT")
+                return b
+            if b.status not in CANCELLABLE:
+                raise Conflict(
+                    f"Batch {batch_id} is {b.status.value} and can no longer be cancelled.",
+                    param="batch_id",
+                    code="invalid_status",
+                )
+            b = self._transition(db, batch_id, Status.CANCEL, None, {})
+            db.execute("COMMIT")
+            return b
+
+        return await self._run(q)
+
+    async def start_processing(
+        self, batch_id: str, *, slices: Sequence[Slice], total: int, model: str | None
+    ) -> BatchRecord:
+        def q(db: sqlite3.Connection) -> BatchRecord:
+            db.execute("BEGIN IMMEDIATE")
+            b = self._transition(
+                db, batch_id, Status.PROCESSING, (Status.VALIDATING,),
+                {"total": total, "model": model},
+            )
+            db.execute("DELETE FROM slices WHERE batch_id=?", (batch_id,))
+            db.executemany(
+                "INSERT INTO slices (batch_id, no, start_line, n_lines, start_offset, end_offset)"
+                " VALUES (?,?,?,?,?,?)",
+                [(batch_id, s.no, s.start_line, s.n_lines, s.start_offset, s.end_offset)
+                 for s in slices],
+            )
+            db.execute("COMMIT")
+            return b
+
+        return await self._run(q)
+
+    async def fail_validation(
+        self, batch_id: str, *, errors: Sequence[LineError], total: int
+    ) -> BatchRecord:
+        def q(db: sqlite3.Connection) -> BatchRecord:
+            db.execute("BEGIN IMMEDIATE")
+            b = self._transition(
+                db, batch_id, Status.VALIDATION_FAILED, (Status.VALIDATING,), {"total": total}
+            )
+            db.execute(
+                "UPDATE batches SET errors=? WHERE id=?",
+                (orjson.dumps([e.as_dict() for e in errors]).decode(), batch_id),
+            )
+            db.execute("COMMIT")
+            return b.replace(errors=list(errors))
+
+        return await self._run(q)
+
+    async def list_slices(self, batch_id: str) -> list[Slice]:
+        def q(db: sqlite3.Connection) -> list[Slice]:
+            rows = db.execute(
+                "SELECT batch_id, no, start_line, n_lines, start_offset, end_offset,"
+                " committed_bytes, completed, failed, done FROM slices WHERE batch_id=?"
+                " ORDER BY no",
+                (batch_id,),
+            ).fetchall()
+            return [_slice(r) for r in rows]
+
+        return await self._run(q)
+
+    async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE slices SET committed_bytes=?, completed=completed+?, failed=failed+?,"
+                " done=? WHERE batch_id=? AND no=?",
+                [(p.committed_bytes, p.completed, p.failed, int(p.done), batch_id, p.no)
+                 for p in progress],
+            )
+            db.execute(
+                "UPDATE batches SET completed=completed+?, failed=failed+?, updated_at=?"
+                " WHERE id=?",
+                (sum(p.completed for p in progress), sum(p.failed for p in progress),
+                 time.time(), batch_id),
+            )
+            db.execute("COMMIT")
+
+        await self._run(q)
+
+    async def finish(
+        self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
+    ) -> BatchRecord:
+        def q(db: sqlite3.Connection) -> BatchRecord:
+            db.execute("BEGIN IMMEDIATE")
+            for f in files:
+                db.execute(
+                    f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (f.id, f.account, f.filename, f.purpose, f.bytes, f.sha256, f.created_at,
+                     f.expires_at, f.lines),
+                )
+            b = self._transition(db, batch_id, to, None, fields)
+            db.execute("COMMIT")
+            return b
+
+        return await self._run(q)
+
+    async def unfinished_batches(self) -> list[BatchRecord]:
+        def q(db: sqlite3.Connection) -> list[BatchRecord]:
+            placeholders = ",".join("?" * (len(TERMINAL) + 1))
+            rows = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status NOT IN ({placeholders})"
+                " ORDER BY seq",
+                (*TERMINAL, Status.DELETING),
+            ).fetchall()
+            return [_batch(r) for r in rows]
+
+        return await self._run(q)
+
+    # -- keys -----------------------------------------------------------------
+
+    async def create_key(self, key: KeyRecord, key_hash: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO api_keys (id, name, account, role, key_hash, created_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (key.id, key.name, key.account, key.role, key_hash, key.created_at),
+            )
+
+        await self._run(q)
+
+    async def principal_for(self, key_hash: str) -> Principal | None:
+        def q(db: sqlite3.Connection) -> Principal | None:
+            row = db.execute(
+                "SELECT id, account, role FROM api_keys WHERE key_hash=? AND revoked_at IS NULL",
+                (key_hash,),
+            ).fetchone()
+            return None if row is None else Principal(row["account"], row["id"], row["role"])
+
+        return await self._run(q)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        def q(db: sqlite3.Connection) -> list[KeyRecord]:
+            rows = db.execute(
+                "SELECT id, name, account, role, created_at, revoked_at FROM api_keys"
+                " ORDER BY created_at, id"
+            ).fetchall()
+            return [KeyRecord(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
+
+        return await self._run(q)
+
+    async def revoke_key(self, key_id: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            cur = db.execute(
+                "UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                (int(time.time()), key_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"No such live key: {key_id}", param="key_id")
+
+        await self._run(q)
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration file into statements (it holds no triggers or string semicolons)."""
+    lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

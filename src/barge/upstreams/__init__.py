@@ -1,0 +1,1 @@
+"""Upstreams: the HTTP client that sends one request to an OpenAI-compatible server."""

@@ -1,0 +1,44 @@
+"""Fixtures shared by every test tier: a loopback upstream and the real barge process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from barge_process import BargeProcess
+from upstream import UpstreamConfig, UpstreamServer
+
+for _name in [k for k in os.environ if k.startswith("BARGE_")]:
+    del os.environ[_name]
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamServer]:
+    """A loopback OpenAI-compatible upstream in a background thread."""
+    with UpstreamServer.in_thread(UpstreamConfig()) as up:
+        yield up
+
+
+@pytest.fixture
+def barge_factory(tmp_path: Path) -> Iterator[Callable[..., BargeProcess]]:
+    """Start ``barge serve`` processes; every one is stopped at the end of the test."""
+    started: list[BargeProcess] = []
+
+    def start(upstream_url: str, *args: str, env: dict[str, str] | None = None,
+              data_dir: Path | None = None) -> BargeProcess:
+        proc = BargeProcess(data_dir or tmp_path / "data", upstream_url, *args, env=env)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def barge(barge_factory: Callable[..., BargeProcess], upstream: UpstreamServer) -> BargeProcess:
+    """A running barge in front of the default upstream, with fast retries."""
+    return barge_factory(upstream.base_url, "--backoff-base", "0.01",
+                         "--completion-windows", "24h,2s")
