@@ -78,7 +78,9 @@ def parse_line(raw: bytes, line_no: int, endpoint: str) -> ParsedLine | LineErro
         )
     body = obj.get("body")
     if not isinstance(body, dict):
-        return LineError(LineCodes.INVALID_BODY, "The 'body' must be a JSON object.", line_no, "body")
+        return LineError(
+            LineCodes.INVALID_BODY, "The 'body' must be a JSON object.", line_no, "body"
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return LineError(

@@ -13,8 +13,8 @@ import orjson
 from barge.domain.ids import new_request_id
 from barge.domain.results import ResultCodes, error_line, output_line
 from barge.engine.retry import backoff, is_retryable_status, retry_after
-from barge.upstreams.client import Reply, UpstreamClient, UpstreamTimeout
 from barge.exceptions import UpstreamError
+from barge.upstreams.client import Reply, UpstreamClient, UpstreamTimeout
 
 log = logging.getLogger("barge.dispatch")
 

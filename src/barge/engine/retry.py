@@ -14,9 +14,15 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
-def backoff(attempt: int, *, base: float, cap: float, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+def backoff(
+    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with full jitter; ``attempt`` counts from 1."""
-    return rng.uniform(0.0, min(cap, base * (2 ** (attempt - 1))))
+    ceiling = min(cap, base * (2 ** (attempt - 1)))
+    return (rng or _rng).uniform(0.0, ceiling)
+
+
+_rng = random.Random()
 
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

@@ -124,10 +124,15 @@ class Engine:
                     continue
                 task = asyncio.create_task(self._drive(b.id), name=f"drive-{b.id}")
                 self._drivers[b.id] = task
-                task.add_done_callback(lambda _t, i=b.id: self._drivers.pop(i, None))
+                task.add_done_callback(self._forget_driver)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+
+    def _forget_driver(self, task: asyncio.Task[None]) -> None:
+        for batch_id, t in list(self._drivers.items()):
+            if t is task:
+                del self._drivers[batch_id]
 
     # -- one batch ---------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def scan_input(
     slice_start_line, slice_start_offset = 0, 0
     line_index = -1
     with open(path, "rb") as fh:
-        for line_index, raw in enumerate(fh):  # noqa: B007 - used after the loop
+        for line_index, raw in enumerate(fh):
             if line_index - slice_start_line == slice_lines:
                 result.slices.append(
                     Slice(batch_id, len(result.slices), slice_start_line, slice_lines,

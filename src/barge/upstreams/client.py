@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import aiohttp
@@ -74,7 +73,7 @@ class UpstreamClient:
             async with session.post(url, data=body) as resp:
                 data = await resp.read()
                 return Reply(resp.status, resp.headers, data)
-        except (TimeoutError, asyncio.TimeoutError) as e:
+        except TimeoutError as e:
             raise UpstreamTimeout(f"The upstream did not answer within {self._timeout.total}s.")\
                 from e
         except aiohttp.ClientError as e:

@@ -1,0 +1,28 @@
+"""Fixtures of the acceptance tests: a barge shared by one module's tests, for the many
+small request/response checks that need no fresh server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from barge_process import BargeProcess
+from upstream import UpstreamConfig, UpstreamServer
+
+
+@pytest.fixture(scope="module")
+def shared_upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer.in_thread(UpstreamConfig()) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def shared_barge(
+    tmp_path_factory: pytest.TempPathFactory, shared_upstream: UpstreamServer
+) -> Iterator[BargeProcess]:
+    """One barge for a whole module (its tests must not depend on each other's objects)."""
+    proc = BargeProcess(tmp_path_factory.mktemp("shared") / "data", shared_upstream.base_url,
+                        "--backoff-base", "0.01", "--completion-windows", "24h,2s")
+    proc.start()
+    yield proc
+    proc.kill()

@@ -1,0 +1,260 @@
+"""UpstreamClient.send against the real loopback upstream (tests/upstream.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from upstream import UpstreamServer
+
+from barge.upstreams.client import (
+    Reply,
+    UpstreamClient,
+    UpstreamConnectionError,
+    UpstreamTimeout,
+    join_url,
+)
+
+CHAT = "/v1/chat/completions"
+
+
+def body(content: str = "hi", **mock: Any) -> bytes:
+    b: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    if mock:
+        b["x_mock"] = mock
+    return orjson.dumps(b)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HeaderUpstream(UpstreamServer):
+    """The loopback upstream, remembering the headers of every request it gets."""
+
+    def __init__(self) -> None:
+        self.seen_headers: list[dict[str, str]] = []
+        super().__init__()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen_headers.append(dict(request.headers))
+        return await super()._handle(request)
+
+
+@pytest_asyncio.fixture
+async def up() -> AsyncIterator[UpstreamServer]:
+    async with UpstreamServer() as server:
+        yield server
+
+
+async def open_client(base_url: str, *, timeout: float = 5.0,
+                      api_key: str | None = None) -> UpstreamClient:
+    client = UpstreamClient(base_url, api_key=api_key, timeout=timeout, max_connections=8)
+    await client.open()
+    return client
+
+
+@pytest.mark.asyncio
+async def test_200_returns_reply_with_body(up: UpstreamServer) -> None:
+    client = await open_client(up.base_url)
+    try:
+        reply = await client.send(CHAT, body("hello"))
+    finally:
+        await client.close()
+    assert isinstance(reply, Reply)
+    assert reply.status == 200
+    assert reply.headers["x-request-id"] == "req_1"
+    assert reply.headers["content-type"].startswith("application/json")
+    parsed = orjson.loads(reply.body)
+    assert parsed["object"] == "chat.completion"
+    assert parsed["choices"][0]["message"]["content"] == "echo: hello"
+    assert up.stats.by_path == {"/v1/chat/completions": 1}
+
+
+@pytest.mark.asyncio
+async def test_error_status_is_a_reply_not_an_exception(up: UpstreamServer) -> None:
+    client = await open_client(up.base_url)
+    try:
+        reply = await client.send(CHAT, body(status=503, retry_after="7"))
+    finally:
+        await client.close()
+    assert reply.status == 503
+    assert reply.headers["Retry-After"] == "7"
+    assert reply.headers["retry-after"] == "7"  # case-insensitive
+    assert orjson.loads(reply.body)["error"]["type"] == "server_error"
+
+
+@pytest.mark.parametrize(
+    ("base", "endpoint", "expected"),
+    [
+        ("http://h:1/v1", "/v1/chat/completions", "http://h:1/v1/chat/completions"),
+        ("http://h:1/v1/", "/v1/chat/completions", "http://h:1/v1/chat/completions"),
+        ("http://h:1/v1", "/v1/embeddings", "http://h:1/v1/embeddings"),
+        ("http://h:1/api/v1", "/v1/responses", "http://h:1/api/v1/responses"),
+        ("http://h:1/v1", "/chat/completions", "http://h:1/v1/chat/completions"),
+    ],
+)
+def test_join_url(base: str, endpoint: str, expected: str) -> None:
+    assert join_url(base, endpoint) == expected
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "endpoint", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+                 "/v1/moderations"],
+)
+@pytest.mark.parametrize("trailing_slash", [False, True])
+async def test_endpoints_reach_the_right_upstream_path(
+    up: UpstreamServer, endpoint: str, trailing_slash: bool
+) -> None:
+    client = await open_client(up.base_url + ("/" if trailing_slash else ""))
+    try:
+        payload = {"model": "m", "input": "x", "prompt": "x",
+                   "messages": [{"role": "user", "content": "x"}]}
+        reply = await client.send(endpoint, orjson.dumps(payload))
+    finally:
+        await client.close()
+    assert reply.status == 200, reply.body
+    assert up.stats.by_path == {endpoint: 1}
+
+
+@pytest.mark.asyncio
+async def test_timeout_raises_upstream_timeout(up: UpstreamServer) -> None:
+    client = await open_client(up.base_url, timeout=0.2)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamTimeout) as info:
+            await client.send(CHAT, body(delay=1))
+        elapsed = time.monotonic() - t0
+    finally:
+        await client.close()
+    assert 0.15 <= elapsed < 0.9
+    assert "0.2" in info.value.message
+
+
+@pytest.mark.asyncio
+async def test_slow_body_counts_against_the_timeout(up: UpstreamServer) -> None:
+    client = await open_client(up.base_url, timeout=0.2)
+    try:
+        with pytest.raises(UpstreamTimeout):
+            await client.send(CHAT, body(slow_body=1.0))
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_slow_body_within_timeout_is_read_whole(up: UpstreamServer) -> None:
+    client = await open_client(up.base_url, timeout=5)
+    try:
+        reply = await client.send(CHAT, body("slow", slow_body=0.2))
+    finally:
+        await client.close()
+    assert reply.status == 200
+    assert orjson.loads(reply.body)["choices"][0]["message"]["content"] == "echo: slow"
+
+
+@pytest.mark.asyncio
+async def test_connection_refused_raises_connection_error() -> None:
+    client = await open_client(f"http://127.0.0.1:{closed_port()}/v1", timeout=5)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamConnectionError) as info:
+            await client.send(CHAT, body())
+    finally:
+        await client.close()
+    assert time.monotonic() - t0 < 2
+    assert "Upstream connection failed" in info.value.message
+
+
+@pytest.mark.asyncio
+async def test_close_mid_body_raises_connection_error(up: UpstreamServer) -> None:
+    client = await open_client(up.base_url, timeout=5)
+    try:
+        with pytest.raises(UpstreamConnectionError):
+            await client.send(CHAT, body(close_mid_body=True))
+        # the pool recovers: the next request on the same client works
+        reply = await client.send(CHAT, body("again"))
+    finally:
+        await client.close()
+    assert reply.status == 200
+
+
+@pytest.mark.asyncio
+async def test_upstream_stopping_between_requests(up: UpstreamServer) -> None:
+    client = await open_client(up.base_url, timeout=5)
+    try:
+        assert (await client.send(CHAT, body())).status == 200
+        await up.stop()
+        with pytest.raises(UpstreamConnectionError):
+            await client.send(CHAT, body())
+        await up.start()  # same port again
+        assert (await client.send(CHAT, body())).status == 200
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_huge_body_is_read_whole(up: UpstreamServer) -> None:
+    size = 10 * 1024 * 1024
+    client = await open_client(up.base_url, timeout=30)
+    try:
+        reply = await client.send(CHAT, body(huge_bytes=size))
+    finally:
+        await client.close()
+    assert reply.status == 200
+    assert len(reply.body) >= size - 64
+    parsed = orjson.loads(reply.body)
+    assert len(parsed["x_padding"]) > size - 1024
+
+
+@pytest.mark.asyncio
+async def test_send_on_a_closed_client_raises_connection_error(up: UpstreamServer) -> None:
+    client = UpstreamClient(up.base_url, api_key=None, timeout=5, max_connections=1)
+    with pytest.raises(UpstreamConnectionError):
+        await client.send(CHAT, body())
+    await client.open()
+    await client.close()
+    with pytest.raises(UpstreamConnectionError):
+        await client.send(CHAT, body())
+    assert up.stats.total == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("api_key", ["sk-upstream-123", None])
+async def test_api_key_is_sent_as_bearer(api_key: str | None) -> None:
+    async with HeaderUpstream() as up:
+        client = await open_client(up.base_url, api_key=api_key)
+        try:
+            reply = await client.send(CHAT, body())
+        finally:
+            await client.close()
+        assert reply.status == 200
+        (headers,) = up.seen_headers
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert lowered["content-type"] == "application/json"
+    if api_key is None:
+        assert "authorization" not in lowered
+    else:
+        assert lowered["authorization"] == f"Bearer {api_key}"
+
+
+@pytest.mark.asyncio
+async def test_body_bytes_are_sent_unchanged(up: UpstreamServer) -> None:
+    raw = body("exact bytes", key="k1")
+    client = await open_client(up.base_url)
+    try:
+        await client.send(CHAT, raw)
+    finally:
+        await client.close()
+    assert up.stats.bodies == {hashlib.sha256(raw).hexdigest(): 1}
+    assert up.stats.attempts == {"k1": 1}
