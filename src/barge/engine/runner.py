@@ -50,6 +50,7 @@ class BatchRun:
         self.writers: dict[int, PartWriter] = {}
         self._store = store
         self._flush_lock = asyncio.Lock()
+        self._broken = False
 
     @property
     def stopping(self) -> bool:
@@ -60,13 +61,22 @@ class BatchRun:
             self.stop_reason = reason
 
     async def flush(self) -> None:
-        """Make buffered results durable, then acknowledge them in the Store."""
+        """Make buffered results durable, then acknowledge them in the Store. After a
+        failure nothing more is flushed: the run stops and resumes from the Store, which
+        cuts every part back to its acknowledged length."""
         async with self._flush_lock:
+            if self._broken:
+                return
             pending = [(w, w.take()) for w in self.writers.values() if w.pending]
             if not pending:
                 return
-            progress = await asyncio.to_thread(lambda: [w.sync(*t) for w, t in pending])
-            await self._store.record_progress(self.batch.id, progress)
+            try:
+                progress = await asyncio.to_thread(lambda: [w.sync(*t) for w, t in pending])
+                await self._store.record_progress(self.batch.id, progress)
+            except BaseException:
+                self._broken = True
+                self.stop("error")
+                raise
 
 
 class Engine:
@@ -216,24 +226,29 @@ class Engine:
                 if not run.stopping:
                     await self._run_slice(run, s, input_path)
 
-        watcher = asyncio.create_task(self._watch(run))
+        lanes_done = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(run, lanes_done))
         try:
-            await asyncio.gather(*(lane(s) for s in todo))
+            async with asyncio.TaskGroup() as group:
+                for s in todo:
+                    group.create_task(lane(s))
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            # The watcher is never cancelled mid-flush: a flush cut between its fsync and
+            # its Store commit would leave counts behind the parts.
+            lanes_done.set()
+            await asyncio.shield(watcher)
             self._runs.pop(b.id, None)
             await asyncio.shield(run.flush())
         return run.stop_reason or "done"
 
-    async def _watch(self, run: BatchRun) -> None:
+    async def _watch(self, run: BatchRun, lanes_done: asyncio.Event) -> None:
         """Flush results every interval; notice a cancel or the end of the window."""
         s = self._settings
         last_look = time.monotonic()
         try:
-            while True:
-                await asyncio.sleep(s.flush_interval)
+            while not lanes_done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lanes_done.wait(), s.flush_interval)
                 await run.flush()
                 if time.time() >= run.batch.expires_at:
                     run.stop("expire")
@@ -242,8 +257,6 @@ class Engine:
                     current = await self._store.get_batch(None, run.batch.id)
                     if current.status is not Status.PROCESSING:
                         run.stop("cancel")
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("batch %s: cannot record results; resuming from the store",
                           run.batch.id)
