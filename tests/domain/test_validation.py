@@ -200,7 +200,7 @@ def test_window_seconds_good(window: str, seconds: int) -> None:
 @pytest.mark.parametrize(
     "window",
     ["", "0h", "00h", "024h", "24", "h", "-1h", "+1h", "1.5h", " 24h", "24h ", "24H", "24 h",
-     "1w", "24hh", "h24", "1e3s", "２４h"],
+     "1w", "24hh", "h24", "1e3s", "\uff12\uff14h"],
 )
 def test_window_seconds_bad(window: str) -> None:
     assert window_seconds(window) is None

@@ -14,7 +14,12 @@ from barge.domain.ids import new_batch_id
 from barge.domain.models import BatchRecord, Principal
 from barge.domain.projection import batch_object
 from barge.domain.status import Status
-from barge.domain.validation import metadata_problem, window_seconds
+from barge.domain.validation import (
+    MAX_EXPIRY_SECONDS,
+    MIN_EXPIRY_SECONDS,
+    metadata_problem,
+    window_seconds,
+)
 from barge.exceptions import InvalidRequest
 
 if TYPE_CHECKING:
@@ -51,6 +56,26 @@ def _required_str(body: dict[str, Any], name: str) -> str:
     return value
 
 
+def _output_expiry(value: Any) -> int | None:
+    """Seconds the output and error files live, from ``output_expires_after``."""
+    if value is None:
+        return None
+    param = "output_expires_after"
+    if not isinstance(value, dict) or value.get("anchor") != "created_at":
+        raise InvalidRequest("output_expires_after.anchor must be 'created_at'.",
+                             param=f"{param}.anchor", code="invalid_value")
+    seconds = value.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not (
+        MIN_EXPIRY_SECONDS <= seconds <= MAX_EXPIRY_SECONDS
+    ):
+        raise InvalidRequest(
+            f"output_expires_after.seconds must be an integer from {MIN_EXPIRY_SECONDS} to "
+            f"{MAX_EXPIRY_SECONDS}.",
+            param=f"{param}.seconds", code="invalid_value",
+        )
+    return seconds
+
+
 @router.post("")
 async def create_batch(request: Request, caller: Caller) -> JSON:
     app = _app(request)
@@ -79,6 +104,7 @@ async def create_batch(request: Request, caller: Caller) -> JSON:
         problem = metadata_problem(metadata)
         if problem:
             raise InvalidRequest(problem, param="metadata", code="invalid_value")
+    output_expiry = _output_expiry(body.get("output_expires_after"))
     source = await app.store.get_file(caller.account, input_file_id)
     if source.purpose != "batch":
         raise InvalidRequest(
@@ -98,6 +124,7 @@ async def create_batch(request: Request, caller: Caller) -> JSON:
         expires_at=int(now) + seconds,
         metadata=metadata,
         total=0,
+        output_expiry_seconds=output_expiry,
     )
     await app.store.create_batch(record)
     if app.engine is not None:

@@ -14,6 +14,7 @@ from barge.api.uploads import Upload, receive_upload
 from barge.domain.ids import new_file_id
 from barge.domain.models import UPLOAD_PURPOSES, FileRecord, Principal
 from barge.domain.projection import file_object
+from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
 from barge.exceptions import InvalidRequest
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/v1/files")
 Caller = Annotated[Principal, Depends(require_principal)]
-MIN_EXPIRY, MAX_EXPIRY = 3600, 2_592_000
 
 
 def _app(request: Request) -> App:
@@ -41,9 +41,10 @@ def _expiry(upload: Upload, purpose: str, now: int, default: int) -> int | None:
         value = int(seconds or "")
     except ValueError:
         value = -1
-    if not MIN_EXPIRY <= value <= MAX_EXPIRY:
+    if not MIN_EXPIRY_SECONDS <= value <= MAX_EXPIRY_SECONDS:
         raise InvalidRequest(
-            f"expires_after[seconds] must be an integer from {MIN_EXPIRY} to {MAX_EXPIRY}.",
+            f"expires_after[seconds] must be an integer from {MIN_EXPIRY_SECONDS} to "
+            f"{MAX_EXPIRY_SECONDS}.",
             param="expires_after.seconds",
         )
     return now + value

@@ -91,7 +91,7 @@ class LocalBlobs:
         tmp.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key):  # keys are our own ids; never a client's filename
+        if not _KEY.fullmatch(key):  # keys are our own ids; never a client's filename
             raise NotFound(f"No such file: {key}")
         return self._root / key
 

@@ -81,6 +81,7 @@ class BatchRecord:
     expired_at: int | None = None
     cancelling_at: int | None = None
     cancelled_at: int | None = None
+    output_expiry_seconds: int | None = None  # output_expires_after.seconds, if given
 
     def replace(self, **changes: Any) -> BatchRecord:
         return dataclasses.replace(self, **changes)

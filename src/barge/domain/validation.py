@@ -14,6 +14,8 @@ from barge.domain.models import LineError
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
+# Bounds of ``expires_after.seconds`` on files and ``output_expires_after.seconds``.
+MIN_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS = 3600, 2_592_000
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -109,7 +111,7 @@ class DuplicateTracker:
 
 def window_seconds(window: str) -> int | None:
     """Seconds in a completion window such as ``24h``; None when it is not of that form."""
-    m = _WINDOW.match(window)
+    m = _WINDOW.fullmatch(window)
     if m is None:
         return None
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]

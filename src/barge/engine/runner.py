@@ -336,7 +336,7 @@ class Engine:
                     bytes=written.bytes,
                     sha256=written.sha256,
                     created_at=now,
-                    expires_at=now + s.file_expiry_seconds,
+                    expires_at=now + (b.output_expiry_seconds or s.file_expiry_seconds),
                     lines=written.lines,
                 )
             )

@@ -92,7 +92,8 @@ class Store(Protocol):
         """Publish result files and move the batch to ``to`` in one transaction."""
 
     async def unfinished_batches(self) -> list[BatchRecord]:
-        """Every batch not in a terminal status, oldest first."""
+        """Every batch the engine still has work for (neither terminal nor being
+        deleted), oldest first."""
 
     # Keys.
     async def create_key(self, key: KeyRecord, key_hash: str) -> None: ...

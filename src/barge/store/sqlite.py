@@ -24,7 +24,7 @@ _BATCH_COLUMNS = (
     "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
     " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
     " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
-    " cancelling_at, cancelled_at"
+    " cancelling_at, cancelled_at, output_expiry_seconds"
 )
 _FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
 # Columns ``transition``/``finish`` may set besides status and timestamps.
@@ -69,6 +69,7 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
         expired_at=row["expired_at"],
         cancelling_at=row["cancelling_at"],
         cancelled_at=row["cancelled_at"],
+        output_expiry_seconds=row["output_expiry_seconds"],
     )
 
 
@@ -89,6 +90,8 @@ class SQLiteStore:
     # -- plumbing -------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        if self._db is None:
+            raise StoreUnavailable("The store is closed.")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._call, fn)
 
@@ -135,6 +138,10 @@ class SQLiteStore:
             raise StoreUnavailable(f"Cannot open the database at {self._path}: {e}") from e
 
     async def close(self) -> None:
+        if self._db is None:
+            self._thread.shutdown(wait=False)
+            return
+
         def _close() -> None:
             if self._db is not None:
                 self._db.close()
@@ -202,11 +209,11 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 raise NotFound(f"No such file: {file_id}", param="file_id")
-            placeholders = ",".join("?" * len(TERMINAL))
+            placeholders = ",".join("?" * (len(TERMINAL) + 1))
             busy = db.execute(
                 f"SELECT id FROM batches WHERE input_file_id=? AND status NOT IN ({placeholders})"
                 " LIMIT 1",
-                (file_id, *TERMINAL),
+                (file_id, *TERMINAL, Status.DELETING),
             ).fetchone()
             if busy is not None:
                 raise Conflict(
@@ -224,12 +231,12 @@ class SQLiteStore:
         def q(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
-                " status, created_at, updated_at, expires_at, metadata, total)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " status, created_at, updated_at, expires_at, metadata, total,"
+                " output_expiry_seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (b.id, b.account, b.endpoint, b.completion_window, b.input_file_id,
                  b.status.value, b.created_at, b.updated_at, b.expires_at,
                  orjson.dumps(b.metadata).decode() if b.metadata is not None else None,
-                 b.total),
+                 b.total, b.output_expiry_seconds),
             )
 
         await self._run(q)

@@ -38,7 +38,8 @@ CREATE TABLE batches (
     failed_at          INTEGER,
     expired_at         INTEGER,
     cancelling_at      INTEGER,
-    cancelled_at       INTEGER
+    cancelled_at       INTEGER,
+    output_expiry_seconds INTEGER
 );
 CREATE INDEX batches_account ON batches (account, seq);
 CREATE INDEX batches_status ON batches (status);

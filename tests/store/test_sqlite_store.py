@@ -1,0 +1,121 @@
+"""SQLite-specific checks: the migrations, what they leave in a fresh file, and closing."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from barge.exceptions import StoreUnavailable
+from barge.store.sqlite import SQLiteStore, migrations
+
+TABLES = ("files", "batches", "slices", "api_keys")
+_CONSTRAINT_WORDS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"}
+
+
+def columns_named_in_sql() -> dict[str, list[str]]:
+    """Every ``CREATE TABLE`` of every migration, as table -> column names in order."""
+    tables: dict[str, list[str]] = {}
+    for _, sql in migrations():
+        no_comments = "\n".join(
+            line for line in sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        for m in re.finditer(r"CREATE TABLE\s+(\w+)\s*\((.*?)\n\);", no_comments, re.S):
+            names = []
+            for line in m.group(2).splitlines():
+                words = line.strip().rstrip(",").split()
+                if words and words[0].upper() not in _CONSTRAINT_WORDS:
+                    names.append(words[0])
+            tables[m.group(1)] = names
+    return tables
+
+
+def _open_raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path)
+
+
+def test_migrations_are_numbered_from_one_without_gaps() -> None:
+    found = migrations()
+    versions = [v for v, _ in found]
+    assert versions, "there must be at least one migration"
+    assert versions == list(range(1, len(versions) + 1))
+    for _, sql in found:
+        assert "CREATE" in sql.upper()
+
+
+def test_parser_finds_the_four_tables() -> None:
+    tables = columns_named_in_sql()
+    assert set(TABLES) <= set(tables)
+    assert "committed_bytes" in tables["slices"]
+    assert "key_hash" in tables["api_keys"]
+
+
+@pytest.mark.asyncio
+async def test_fresh_database_has_newest_version_and_every_table(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "barge.db"  # the parent folder does not exist yet
+    s = SQLiteStore(path)
+    await s.open()
+    await s.close()
+    assert path.exists()
+
+    highest = max(v for v, _ in migrations())
+    db = _open_raw(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == highest
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in TABLES:
+            assert table in present, table
+        for table, expected in columns_named_in_sql().items():
+            got = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+            assert got == expected, table
+        assert db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    finally:
+        db.close()
+
+
+@pytest.mark.asyncio
+async def test_reopening_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "barge.db"
+    for _ in range(3):
+        s = SQLiteStore(path)
+        await s.open()
+        await s.close()
+    db = _open_raw(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == max(v for v, _ in migrations())
+        # one table per CREATE TABLE, not duplicated or rebuilt
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        assert sorted(set(names)) == sorted(names)
+    finally:
+        db.close()
+
+
+@pytest.mark.asyncio
+async def test_indexes_exist(tmp_path: Path) -> None:
+    path = tmp_path / "barge.db"
+    s = SQLiteStore(path)
+    await s.open()
+    await s.close()
+    expected = set()
+    for _, sql in migrations():
+        expected |= set(re.findall(r"CREATE INDEX\s+(\w+)", sql))
+    db = _open_raw(path)
+    try:
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    finally:
+        db.close()
+    assert expected
+    assert expected <= present
+
+
+@pytest.mark.asyncio
+async def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
+    """After ``close`` a call is refused with StoreUnavailable (HTTP 503), as ``_call``'s
+    "The store is closed." branch intends, not with an internal RuntimeError (HTTP 500)."""
+    s = SQLiteStore(tmp_path / "barge.db")
+    await s.open()
+    await s.close()
+    with pytest.raises(StoreUnavailable):
+        await s.get_file("acct", "file-x")
