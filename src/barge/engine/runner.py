@@ -19,6 +19,7 @@ from barge.domain.validation import LineCodes, is_blank
 from barge.engine.dispatch import Dispatcher
 from barge.engine.finalize import merge_results, part_path, result_file_id
 from barge.engine.parts import PartWriter, done_map
+from barge.engine.reaper import reap_expired_files
 from barge.engine.scan import scan_input
 from barge.exceptions import Conflict, NotFound
 from barge.settings import Settings
@@ -38,6 +39,7 @@ _SIMPLE_MOVES = {
     Status.CANCEL: Status.CANCELLING,
 }
 MAX_ACTIVE_BATCHES = 64
+REAP_INTERVAL = 60.0  # seconds between sweeps for expired files
 SLICES_PER_BATCH = 4
 
 
@@ -123,7 +125,14 @@ class Engine:
         self._wake.set()
 
     async def _loop(self) -> None:
+        next_reap = time.monotonic()
         while not self._stopping:
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + REAP_INTERVAL
+                try:
+                    await reap_expired_files(self._store, self._blobs)
+                except Exception:
+                    log.exception("cannot delete expired files")
             try:
                 batches = await self._store.unfinished_batches()
             except Exception:

@@ -50,6 +50,9 @@ class Store(Protocol):
     async def delete_file(self, account: str, file_id: str) -> None:
         """Raises NotFound, or Conflict when an unfinished batch reads the file."""
 
+    async def expired_files(self, now: int, *, limit: int) -> list[FileRecord]:
+        """Files whose ``expires_at`` has passed, oldest first."""
+
     # Batches.
     async def create_batch(self, b: BatchRecord) -> None: ...
 

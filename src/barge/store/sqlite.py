@@ -225,6 +225,17 @@ class SQLiteStore:
 
         await self._run(q)
 
+    async def expired_files(self, now: int, *, limit: int) -> list[FileRecord]:
+        def q(db: sqlite3.Connection) -> list[FileRecord]:
+            rows = db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE expires_at IS NOT NULL"
+                " AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [_file(r) for r in rows]
+
+        return await self._run(q)
+
     # -- batches --------------------------------------------------------------
 
     async def create_batch(self, b: BatchRecord) -> None:
