@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -232,7 +233,8 @@ async def test_send_on_a_closed_client_raises_connection_error(up: UpstreamServe
 @pytest.mark.asyncio
 @pytest.mark.parametrize("api_key", ["sk-upstream-123", None])
 async def test_api_key_is_sent_as_bearer(api_key: str | None) -> None:
-    async with HeaderUpstream() as up:
+    up = HeaderUpstream()
+    async with up:
         client = await open_client(up.base_url, api_key=api_key)
         try:
             reply = await client.send(CHAT, body())
@@ -258,3 +260,22 @@ async def test_body_bytes_are_sent_unchanged(up: UpstreamServer) -> None:
         await client.close()
     assert up.stats.bodies == {hashlib.sha256(raw).hexdigest(): 1}
     assert up.stats.attempts == {"k1": 1}
+
+
+@pytest.mark.asyncio
+async def test_large_request_body_sends_without_resource_warning(up: UpstreamServer) -> None:
+    """aiohttp warns (ResourceWarning, "Sending a large body directly with raw bytes might
+    lock the event loop") for raw bytes bodies over 1 MiB; batch lines may be far larger.
+    Under this project's filterwarnings=error the warning is an exception that escapes
+    send() (it is no UpstreamError), so the engine fails the whole step instead of
+    recording a result for the line."""
+    raw = body("z" * (2 * 1024 * 1024))
+    client = await open_client(up.base_url, timeout=30)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reply = await client.send(CHAT, raw)
+    finally:
+        await client.close()
+    assert reply.status == 200
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -17,6 +17,7 @@ class ResultCodes:
     UPSTREAM_TIMEOUT = "upstream_timeout"  # no full answer within the request timeout
     UPSTREAM_CONNECTION_ERROR = "upstream_connection_error"  # refused, reset, closed mid-body
     BATCH_EXPIRED = "batch_expired"  # the batch's completion window ran out first
+    INTERNAL_ERROR = "internal_error"  # Barge itself failed on this request
 
 
 def output_line(custom_id: str, status_code: int, request_id: str, body: Any) -> bytes:

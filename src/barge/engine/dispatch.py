@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,21 @@ def _error_body(data: bytes) -> Any:
     return data[:2048].decode("utf-8", "replace")
 
 
+MAX_RETRY_AFTER = 600.0  # seconds: the longest Retry-After honoured
+_PAUSE_STEP = 0.25  # seconds between looks at ``stopping`` while backing off
+
+
+async def _pause(seconds: float, stopping: Callable[[], bool]) -> bool:
+    """Sleep ``seconds`` unless the batch stops first; True when the wait ran out."""
+    deadline = time.monotonic() + seconds
+    while not stopping():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        await asyncio.sleep(min(left, _PAUSE_STEP))
+    return False
+
+
 class Dispatcher:
     def __init__(self, client: UpstreamClient, policy: RetryPolicy) -> None:
         self._client = client
@@ -57,6 +73,16 @@ class Dispatcher:
         (cancel, expiry, shutdown) before a final answer: then nothing is recorded."""
         line = orjson.loads(raw)
         custom_id: str = line["custom_id"]
+        try:
+            return await self._attempts(line, custom_id, stopping)
+        except Exception as e:  # a bug must cost one request, never wedge the batch
+            log.exception("request %s failed unexpectedly", custom_id)
+            return Result(False, error_line(custom_id, ResultCodes.INTERNAL_ERROR,
+                                            f"Barge failed on this request: {type(e).__name__}"))
+
+    async def _attempts(
+        self, line: dict[str, Any], custom_id: str, stopping: Callable[[], bool]
+    ) -> Result | None:
         endpoint: str = line["url"]
         body = orjson.dumps(line["body"])
         policy = self._policy
@@ -80,11 +106,8 @@ class Dispatcher:
                 if result is not None:
                     return result
                 wait = retry_after(reply.headers)
-            if stopping():
-                return None
             delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
-            await asyncio.sleep(max(delay, wait or 0.0))
-            if stopping():
+            if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
                 return None
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -25,22 +26,28 @@ def backoff(
 _rng = random.Random()
 
 
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds the upstream asked us to wait, from ``retry-after-ms`` or ``Retry-After``
     (seconds or an HTTP date); None when it did not ask or the value is unreadable."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
+        seconds = _finite(ms)
+        if seconds is not None:
+            return max(0.0, seconds / 1000.0)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _finite(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from barge.exceptions import UpstreamError
+
+LARGE_BODY = 1 << 20  # bytes
 
 
 class UpstreamTimeout(UpstreamError):
@@ -70,7 +73,9 @@ class UpstreamClient:
             raise UpstreamConnectionError("The upstream client is closed.")
         url = join_url(self.base_url, endpoint)
         try:
-            async with session.post(url, data=body) as resp:
+            # Large bodies go as a stream so aiohttp never writes them in one blocking call.
+            payload = io.BytesIO(body) if len(body) > LARGE_BODY else body
+            async with session.post(url, data=payload) as resp:
                 data = await resp.read()
                 return Reply(resp.status, resp.headers, data)
         except TimeoutError as e:
