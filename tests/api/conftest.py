@@ -3,10 +3,12 @@ small request/response checks that need no fresh server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from barge_process import BargeProcess
+from barge_process import ADMIN_KEY, BargeProcess
+from openai import OpenAI
 from upstream import UpstreamConfig, UpstreamServer
 
 
@@ -26,3 +28,18 @@ def shared_barge(
     proc.start()
     yield proc
     proc.kill()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., OpenAI]]:
+    """``connect(barge, api_key=...)``: an SDK client for that barge, closed after the test."""
+    clients: list[OpenAI] = []
+
+    def make(proc: BargeProcess, api_key: str = ADMIN_KEY, **kwargs: Any) -> OpenAI:
+        client = proc.client(api_key, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

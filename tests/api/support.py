@@ -116,8 +116,8 @@ def results(client: OpenAI, batch: Batch) -> tuple[dict[str, Any], dict[str, Any
     return {r["custom_id"]: r for r in out_lines}, {r["custom_id"]: r for r in err_lines}
 
 
-def assert_error_shape(body: Any, *, param: str | None | type[Any] = Any,
-                       code: str | None | type[Any] = Any) -> dict[str, Any]:
+def assert_error_shape(body: Any, *, param: str | type[Any] | None = Any,
+                       code: str | type[Any] | None = Any) -> dict[str, Any]:
     """``body`` is the whole JSON response; checks the OpenAI error envelope."""
     assert isinstance(body, dict) and set(body) == {"error"}, body
     err = body["error"]
@@ -131,8 +131,8 @@ def assert_error_shape(body: Any, *, param: str | None | type[Any] = Any,
     return err
 
 
-def error_of(exc: Any, *, status: int, param: str | None | type[Any] = Any,
-             code: str | None | type[Any] = Any) -> dict[str, Any]:
+def error_of(exc: Any, *, status: int, param: str | type[Any] | None = Any,
+             code: str | type[Any] | None = Any) -> dict[str, Any]:
     """The error dict of an ``openai.APIStatusError``, its status and shape checked."""
     assert exc.status_code == status, (exc.status_code, exc.response.text)
     return assert_error_shape(exc.response.json(), param=param, code=code)

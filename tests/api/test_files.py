@@ -4,6 +4,7 @@ delete) against a real ``barge serve``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
@@ -17,12 +18,14 @@ from api.support import (
     upload,
 )
 from barge_process import BargeProcess
+from openai import OpenAI
 
+Connect = Callable[..., OpenAI]
 THIRTY_DAYS = 30 * 86400
 
 
-def test_upload_returns_a_complete_file_object(barge: BargeProcess) -> None:
-    client = barge.client()
+def test_upload_returns_a_complete_file_object(connect: Connect, barge: BargeProcess) -> None:
+    client = connect(barge)
     data = to_jsonl([chat_line(f"r{i}") for i in range(3)])
     before = int(time.time())
     f = upload(client, data, filename="requests.jsonl")
@@ -43,8 +46,8 @@ def test_upload_returns_a_complete_file_object(barge: BargeProcess) -> None:
     assert client.files.content(f.id).content == data
 
 
-def test_upload_honours_expires_after(barge: BargeProcess) -> None:
-    client = barge.client()
+def test_upload_honours_expires_after(connect: Connect, barge: BargeProcess) -> None:
+    client = connect(barge)
     f = client.files.create(
         file=("x.jsonl", to_jsonl([chat_line("a")])),
         purpose="batch",
@@ -63,8 +66,8 @@ def test_upload_honours_expires_after(barge: BargeProcess) -> None:
     assert all_file_ids(client) == {f.id}
 
 
-def test_content_is_returned_byte_for_byte(barge: BargeProcess) -> None:
-    client = barge.client()
+def test_content_is_returned_byte_for_byte(connect: Connect, barge: BargeProcess) -> None:
+    client = connect(barge)
     # Non-ASCII UTF-8, CRLF endings and no final newline must all survive untouched.
     data = to_jsonl([chat_line("é", content="héllo wörld ✓ 日本")]) + b"\r\n" + to_jsonl(
         [chat_line("b")]
@@ -74,8 +77,9 @@ def test_content_is_returned_byte_for_byte(barge: BargeProcess) -> None:
     assert client.files.content(f.id).content == data
 
 
-def test_list_filters_by_purpose_and_orders_by_creation(barge: BargeProcess) -> None:
-    client = barge.client()
+def test_list_filters_by_purpose_and_orders_by_creation(connect: Connect,
+                                                       barge: BargeProcess) -> None:
+    client = connect(barge)
     batch_ids = [upload(client, [chat_line(f"r{i}")], filename=f"b{i}.jsonl").id
                  for i in range(3)]
     other = upload(client, b"some user data", filename="notes.txt", purpose="user_data")
@@ -95,8 +99,8 @@ def test_list_filters_by_purpose_and_orders_by_creation(barge: BargeProcess) -> 
     assert [f.id for f in desc.data] == list(reversed(batch_ids))
 
 
-def test_list_limit_after_and_auto_pagination(barge: BargeProcess) -> None:
-    client = barge.client()
+def test_list_limit_after_and_auto_pagination(connect: Connect, barge: BargeProcess) -> None:
+    client = connect(barge)
     ids = [upload(client, [chat_line(f"r{i}")]).id for i in range(5)]
 
     first = client.files.list(limit=2, order="asc")
@@ -120,8 +124,8 @@ def test_list_limit_after_and_auto_pagination(barge: BargeProcess) -> None:
     assert [f.id for f in client.files.list(limit=1, order="desc")] == list(reversed(ids))
 
 
-def test_delete_removes_the_file_and_its_bytes(barge: BargeProcess) -> None:
-    client = barge.client()
+def test_delete_removes_the_file_and_its_bytes(connect: Connect, barge: BargeProcess) -> None:
+    client = connect(barge)
     keep = upload(client, [chat_line("keep")])
     gone = upload(client, [chat_line("gone")])
     assert gone.id in stored_blobs(barge.data_dir)["files"]
@@ -147,9 +151,9 @@ def test_delete_removes_the_file_and_its_bytes(barge: BargeProcess) -> None:
         ("nul\x00and\nnewline.jsonl", None),
     ],
 )
-def test_filename_is_only_a_label(barge: BargeProcess, tmp_path: Path, given: str,
+def test_filename_is_only_a_label(connect: Connect, barge: BargeProcess, tmp_path: Path, given: str,
                                   stored: str | None) -> None:
-    client = barge.client()
+    client = connect(barge)
     before = set(tmp_path.rglob("*"))
     data = to_jsonl([chat_line("a")])
     f = upload(client, data, filename=given)

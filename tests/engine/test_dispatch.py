@@ -219,18 +219,43 @@ async def test_close_mid_body_is_connection_error(
 
 
 @pytest.mark.asyncio
-async def test_connection_refused_is_connection_error() -> None:
+async def test_unreachable_upstream_waits_without_using_attempts() -> None:
+    """Connection refused far more often than max_attempts: the request keeps waiting,
+    and a batch that stops meanwhile records nothing for it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     c = UpstreamClient(f"http://127.0.0.1:{port}/v1", api_key=None, timeout=5, max_connections=4)
     await c.open()
+    deadline = time.monotonic() + 1.0  # POLICY allows 3 attempts, 0.05 s apart at most
     try:
-        obj = parse(await Dispatcher(c, POLICY).execute(line("nobody"), never))
+        result = await Dispatcher(c, POLICY).execute(
+            line("nobody"), lambda: time.monotonic() > deadline
+        )
     finally:
         await c.close()
-    assert_error(obj, "upstream_connection_error")
-    assert obj["response"] is None
+    assert result is None
+
+
+@pytest.mark.asyncio
+async def test_request_sent_once_the_upstream_comes_back() -> None:
+    down = UpstreamServer()
+    await down.start()
+    await down.stop()
+    c = UpstreamClient(down.base_url, api_key=None, timeout=5, max_connections=4)
+    await c.open()
+    try:
+        task = asyncio.create_task(Dispatcher(c, POLICY).execute(line("later"), never))
+        await asyncio.sleep(0.5)  # many refused connections: far more than 3 attempts
+        assert not task.done()
+        await down.start()
+        obj = parse(await asyncio.wait_for(task, 10))
+    finally:
+        await c.close()
+        await down.stop()
+    assert obj["error"] is None
+    assert obj["response"]["status_code"] == 200
+    assert down.stats.total == 1
 
 
 @pytest.mark.asyncio

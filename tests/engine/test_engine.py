@@ -367,18 +367,21 @@ async def test_upstream_down_at_start_then_back(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_upstream_down_for_good(tmp_path: Path) -> None:
+async def test_upstream_down_for_good_waits_then_expires(tmp_path: Path) -> None:
+    """An unreachable upstream does not burn requests into the error file: they wait,
+    and only the end of the completion window fails them, as batch_expired."""
     up = UpstreamServer()
     await up.start()
     await up.stop()
     settings = fast_settings(tmp_path / "data", up.base_url, max_attempts=2)
     async with App(settings) as app:
-        b = await wait_for_batch(app, await submit(app, simple_input(10)))
+        batch_id = await submit(app, simple_input(10), expires_at=int(time.time()) + 2)
+        b = await wait_for_batch(app, batch_id, timeout=15)
         out, err = results(app, b)
-    assert b.status is Status.COMPLETED
+    assert b.status is Status.EXPIRED
     assert out == []
     assert_each_once(out, err, ids("req", 10))
-    assert {x["error"]["code"] for x in err} == {"upstream_connection_error"}
+    assert {x["error"]["code"] for x in err} == {"batch_expired"}
     assert (b.completed, b.failed) == (0, 10)
 
 

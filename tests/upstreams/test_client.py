@@ -20,6 +20,7 @@ from barge.upstreams.client import (
     UpstreamClient,
     UpstreamConnectionError,
     UpstreamTimeout,
+    UpstreamUnreachable,
     join_url,
 )
 
@@ -165,16 +166,17 @@ async def test_slow_body_within_timeout_is_read_whole(up: UpstreamServer) -> Non
 
 
 @pytest.mark.asyncio
-async def test_connection_refused_raises_connection_error() -> None:
+async def test_connection_refused_raises_unreachable() -> None:
     client = await open_client(f"http://127.0.0.1:{closed_port()}/v1", timeout=5)
     try:
         t0 = time.monotonic()
-        with pytest.raises(UpstreamConnectionError) as info:
+        with pytest.raises(UpstreamUnreachable) as info:
             await client.send(CHAT, body())
     finally:
         await client.close()
     assert time.monotonic() - t0 < 2
-    assert "Upstream connection failed" in info.value.message
+    assert isinstance(info.value, UpstreamConnectionError)
+    assert "unreachable" in info.value.message
 
 
 @pytest.mark.asyncio

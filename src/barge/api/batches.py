@@ -20,7 +20,7 @@ from barge.domain.validation import (
     metadata_problem,
     window_seconds,
 )
-from barge.exceptions import InvalidRequest
+from barge.exceptions import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     from barge.app import App
@@ -105,7 +105,10 @@ async def create_batch(request: Request, caller: Caller) -> JSON:
         if problem:
             raise InvalidRequest(problem, param="metadata", code="invalid_value")
     output_expiry = _output_expiry(body.get("output_expires_after"))
-    source = await app.store.get_file(caller.account, input_file_id)
+    try:
+        source = await app.store.get_file(caller.account, input_file_id)
+    except NotFound as e:
+        raise NotFound(e.message, param="input_file_id") from e
     if source.purpose != "batch":
         raise InvalidRequest(
             f"File {input_file_id} has purpose {source.purpose!r}; a batch needs 'batch'.",

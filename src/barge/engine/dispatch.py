@@ -15,7 +15,7 @@ from barge.domain.ids import new_request_id
 from barge.domain.results import ResultCodes, error_line, output_line
 from barge.engine.retry import backoff, is_retryable_status, retry_after
 from barge.exceptions import UpstreamError
-from barge.upstreams.client import Reply, UpstreamClient, UpstreamTimeout
+from barge.upstreams.client import Reply, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
 
 log = logging.getLogger("barge.dispatch")
 
@@ -49,6 +49,7 @@ def _error_body(data: bytes) -> Any:
 
 
 MAX_RETRY_AFTER = 600.0  # seconds: the longest Retry-After honoured
+DOWN_LOG_INTERVAL = 30.0  # seconds between "upstream unreachable" log lines
 _PAUSE_STEP = 0.25  # seconds between looks at ``stopping`` while backing off
 
 
@@ -67,6 +68,7 @@ class Dispatcher:
     def __init__(self, client: UpstreamClient, policy: RetryPolicy) -> None:
         self._client = client
         self._policy = policy
+        self._down_logged_at = -DOWN_LOG_INTERVAL
 
     async def execute(self, raw: bytes, stopping: Callable[[], bool]) -> Result | None:
         """The result of one validated input line, or None when the batch stopped
@@ -87,12 +89,23 @@ class Dispatcher:
         body = orjson.dumps(line["body"])
         policy = self._policy
         attempt = 0
+        unreachable = 0
         while True:
             attempt += 1
             last_try = attempt >= policy.max_attempts
             wait: float | None = None
             try:
                 reply = await self._client.send(endpoint, body)
+            except UpstreamUnreachable as e:
+                # Nothing was sent: the request waits for the upstream without using its
+                # attempts, until it comes back or the batch stops (expiry, cancel).
+                attempt -= 1
+                unreachable += 1
+                self._log_down(e)
+                delay = backoff(unreachable, base=policy.backoff_base, cap=policy.backoff_max)
+                if not await _pause(max(delay, policy.backoff_base / 2), stopping):
+                    return None
+                continue
             except UpstreamError as e:
                 if last_try:
                     code = (
@@ -109,6 +122,13 @@ class Dispatcher:
             delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
             if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
                 return None
+
+    def _log_down(self, error: UpstreamError) -> None:
+        now = time.monotonic()
+        if now - self._down_logged_at >= DOWN_LOG_INTERVAL:
+            self._down_logged_at = now
+            log.warning("%s; requests wait for it (next note in %.0fs)", error.message,
+                        DOWN_LOG_INTERVAL)
 
     @staticmethod
     def _classify(custom_id: str, reply: Reply, last_try: bool) -> Result | None:

@@ -21,6 +21,10 @@ class UpstreamConnectionError(UpstreamError):
     """The connection was refused, reset, or closed before the answer was whole."""
 
 
+class UpstreamUnreachable(UpstreamConnectionError):
+    """No connection could be made at all: the upstream is down or not there yet."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
@@ -81,6 +85,8 @@ class UpstreamClient:
         except TimeoutError as e:
             raise UpstreamTimeout(f"The upstream did not answer within {self._timeout.total}s.")\
                 from e
+        except aiohttp.ClientConnectorError as e:
+            raise UpstreamUnreachable(f"The upstream is unreachable: {e}") from e
         except aiohttp.ClientError as e:
             raise UpstreamConnectionError(f"Upstream connection failed: {type(e).__name__}: {e}")\
                 from e
