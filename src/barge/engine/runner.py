@@ -19,6 +19,7 @@ from barge.domain.validation import LineCodes, is_blank
 from barge.engine.dispatch import Dispatcher
 from barge.engine.finalize import merge_results, part_path, result_file_id
 from barge.engine.parts import PartWriter, done_map
+from barge.engine.pool import Job, SliceTracker, WorkerPool
 from barge.engine.reaper import reap_expired_files
 from barge.engine.scan import scan_input
 from barge.exceptions import Conflict, NotFound
@@ -40,7 +41,6 @@ _SIMPLE_MOVES = {
 }
 MAX_ACTIVE_BATCHES = 64
 REAP_INTERVAL = 60.0  # seconds between sweeps for expired files
-SLICES_PER_BATCH = 4
 
 
 class BatchRun:
@@ -56,6 +56,9 @@ class BatchRun:
 
     @property
     def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def is_stopping(self) -> bool:
         return self.stop_reason is not None
 
     def stop(self, reason: str) -> None:
@@ -89,7 +92,7 @@ class Engine:
         self._blobs = blobs
         self._dispatcher = dispatcher
         self._settings = settings
-        self._gate = asyncio.Semaphore(settings.upstream_concurrency)
+        self._pool = WorkerPool(dispatcher, settings.upstream_concurrency)
         self._wake = asyncio.Event()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, BatchRun] = {}
@@ -100,6 +103,7 @@ class Engine:
 
     async def start(self) -> None:
         self._settings.work_dir.mkdir(parents=True, exist_ok=True)
+        self._pool.start()
         self._loop_task = asyncio.create_task(self._loop(), name="barge-engine")
 
     async def stop(self, grace: float) -> None:
@@ -117,6 +121,7 @@ class Engine:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        await self._pool.close()
 
     def poke(self, batch_id: str | None = None, *, cancel: bool = False) -> None:
         """Look for work now; with ``cancel``, stop dispatching ``batch_id`` at once."""
@@ -183,7 +188,10 @@ class Engine:
         elif b.status is Status.VALIDATING:
             await self._validate(b)
         elif b.status is Status.PROCESSING:
+            started = time.monotonic()
             reason = await self._process(b)
+            log.info("batch %s: dispatch ran %.2fs (%s)", b.id, time.monotonic() - started,
+                     reason)
             if reason == "done":
                 await self._store.transition(b.id, Status.PROCESSED, only_from=(b.status,))
             return reason
@@ -202,6 +210,7 @@ class Engine:
             missing = LineError(LineCodes.INPUT_FILE_MISSING, "The input file is gone.")
             await self._store.fail_validation(b.id, errors=[missing], total=0)
             return
+        started = time.monotonic()
         scan = await asyncio.to_thread(
             scan_input,
             path,
@@ -218,6 +227,8 @@ class Engine:
             await self._store.start_processing(
                 b.id, slices=scan.slices, total=scan.total, model=scan.model
             )
+            log.info("batch %s: %d requests validated in %.2fs", b.id, scan.total,
+                     time.monotonic() - started)
 
     async def _process(self, b: BatchRecord) -> str:
         """Dispatch every request without a durable result; returns why it stopped:
@@ -228,36 +239,32 @@ class Engine:
         self._runs[b.id] = run
         input_path = self._blobs.local_path(b.input_file_id)
         todo = [s for s in await self._store.list_slices(b.id) if not s.done]
-        lanes = asyncio.Semaphore(SLICES_PER_BATCH)
-
-        async def lane(s: Slice) -> None:
-            async with lanes:
-                if not run.stopping:
-                    await self._run_slice(run, s, input_path)
-
-        lanes_done = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(run, lanes_done))
+        dispatch_done = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(run, dispatch_done))
         try:
             async with asyncio.TaskGroup() as group:
                 for s in todo:
-                    group.create_task(lane(s))
+                    if run.stopping:
+                        break
+                    tracker = await self._enqueue_slice(run, s, input_path)
+                    group.create_task(self._close_slice(run, tracker))
         finally:
             # The watcher is never cancelled mid-flush: a flush cut between its fsync and
             # its Store commit would leave counts behind the parts.
-            lanes_done.set()
+            dispatch_done.set()
             await asyncio.shield(watcher)
             self._runs.pop(b.id, None)
             await asyncio.shield(run.flush())
         return run.stop_reason or "done"
 
-    async def _watch(self, run: BatchRun, lanes_done: asyncio.Event) -> None:
+    async def _watch(self, run: BatchRun, dispatch_done: asyncio.Event) -> None:
         """Flush results every interval; notice a cancel or the end of the window."""
         s = self._settings
         last_look = time.monotonic()
         try:
-            while not lanes_done.is_set():
+            while not dispatch_done.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lanes_done.wait(), s.flush_interval)
+                    await asyncio.wait_for(dispatch_done.wait(), s.flush_interval)
                 await run.flush()
                 if time.time() >= run.batch.expires_at:
                     run.stop("expire")
@@ -271,47 +278,35 @@ class Engine:
                           run.batch.id)
             run.stop("error")
 
-    async def _run_slice(self, run: BatchRun, s: Slice, input_path: Path) -> None:
+    async def _enqueue_slice(self, run: BatchRun, s: Slice, input_path: Path) -> SliceTracker:
+        """Queue every line of a slice that has no durable result yet."""
         part = part_path(self._settings.work_dir, s.batch_id, s.no)
         done = await asyncio.to_thread(done_map, part, s.committed_bytes, s.n_lines)
         writer = PartWriter(part, s.no, s.committed_bytes)
         run.writers[s.no] = writer
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            with open(input_path, "rb") as fh:
-                fh.seek(s.start_offset)
-                for i in range(s.n_lines):
-                    raw = fh.readline()
-                    if done[i] or is_blank(raw):
-                        continue
-                    await self._gate.acquire()
-                    if run.stopping:
-                        self._gate.release()
-                        break
-                    task = asyncio.create_task(self._one(run, writer, i, raw))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        if not run.stopping:
-            writer.mark_done()
+        tracker = SliceTracker(writer)
+        with open(input_path, "rb") as fh:
+            fh.seek(s.start_offset)
+            for i in range(s.n_lines):
+                raw = fh.readline()
+                if done[i] or is_blank(raw):
+                    continue
+                if run.stopping:
+                    break
+                await self._pool.submit(Job(run.is_stopping, tracker, i, raw))
+        return tracker
 
-    async def _one(self, run: BatchRun, writer: PartWriter, index: int, raw: bytes) -> None:
-        try:
-            result = await self._dispatcher.execute(raw, lambda: run.stopping)
-            if result is not None:
-                writer.append(index, result.ok, result.line)
-        finally:
-            self._gate.release()
+    @staticmethod
+    async def _close_slice(run: BatchRun, tracker: SliceTracker) -> None:
+        """Once a slice's last request has its result, mark it done (unless stopped)."""
+        await tracker.drained()
+        if not run.stopping:
+            tracker.writer.mark_done()
 
     async def _finish(self, b: BatchRecord, to: Status, *, expire_rest: bool) -> None:
         """Write the output and error files, publish them, and end the batch, at once."""
         s = self._settings
+        started = time.monotonic()
         slices = await self._store.list_slices(b.id)
         try:
             input_path = self._blobs.local_path(b.input_file_id)
@@ -352,5 +347,5 @@ class Engine:
             fields[field] = file_id
         await self._store.finish(b.id, to, files=files, **fields)
         shutil.rmtree(s.work_dir / b.id, ignore_errors=True)
-        log.info("batch %s: %s (%d ok, %d failed)", b.id, to.value, merged.completed,
-                 merged.failed)
+        log.info("batch %s: %s (%d ok, %d failed); results written in %.2fs", b.id, to.value,
+                 merged.completed, merged.failed, time.monotonic() - started)
