@@ -98,6 +98,11 @@ def barge_seconds(proc: BargeProcess, data: bytes, endpoint: str = "/v1/chat/com
     t2 = time.perf_counter()
     assert b.status == "completed", b
     assert b.request_counts is not None
+    assert b.output_file_id is not None
+    # Every custom_id exactly once in the output (checked after the clock stopped).
+    rows = client.files.content(b.output_file_id).read().splitlines()
+    ids = {orjson.loads(r)["custom_id"] for r in rows}
+    assert len(ids) == len(rows) == b.request_counts.completed, "duplicate or missing ids"
     return t1 - t0, t2 - t1, b.request_counts.completed
 
 
