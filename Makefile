@@ -22,9 +22,11 @@ lint: install
 
 bench: install
 	$(PY) bench/dispatch.py --sizes 1000,20000,50000
+	$(PY) bench/saturation.py
 
 bench-quick: install
-	$(PY) bench/dispatch.py --sizes 1000,5000
+	$(PY) bench/dispatch.py --sizes 1000,5000 --rounds 1
+	$(PY) bench/saturation.py --requests 500 --rounds 1
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

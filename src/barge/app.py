@@ -9,6 +9,7 @@ from types import TracebackType
 from barge.api.auth import Authenticator
 from barge.blobs.local import LocalBlobs
 from barge.engine.dispatch import Dispatcher, RetryPolicy
+from barge.engine.limiter import AdaptiveLimiter
 from barge.engine.runner import Engine
 from barge.settings import Settings
 from barge.store.sqlite import SQLiteStore
@@ -32,6 +33,7 @@ class App:
         self.dispatcher = Dispatcher(
             self.client,
             RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max),
+            AdaptiveLimiter(settings.upstream_concurrency),
         )
         self.engine = (
             Engine(self.store, self.blobs, self.dispatcher, settings) if settings.engine else None

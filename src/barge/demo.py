@@ -77,7 +77,7 @@ async def _client_walkthrough(base: str, n: int, where: str) -> None:
                 row = orjson.loads(raw)
                 answer = row["response"]["body"]["choices"][0]["message"]["content"]
                 click.echo(f"   {row['custom_id']}: {answer}")
-        click.echo(f"\nEverything lived in {where} (barge.db holds the state, files/ the bytes).")
+        click.echo(f"\nData directory: {where} (barge.db holds the state, files/ the bytes).")
         click.echo("Point the official SDK at it:  OpenAI(base_url=..., api_key=...) as in the"
                    " README.")
 
@@ -112,4 +112,4 @@ def run_demo(n: int, data_dir: Path | None) -> None:
         asyncio.run(_demo(n, data_dir, str(data_dir)))
         return
     with tempfile.TemporaryDirectory(prefix="barge-demo-") as tmp:
-        asyncio.run(_demo(n, Path(tmp), f"{tmp}, removed now (keep it with --data-dir)"))
+        asyncio.run(_demo(n, Path(tmp), f"{tmp}, removed on exit; --data-dir keeps one"))

@@ -49,6 +49,10 @@ def jsonl(lines: list[bytes]) -> bytes:
     return b"".join(raw + b"\n" for raw in lines)
 
 
+def ids(prefix: str, n: int) -> set[str]:
+    return {f"{prefix}-{i}" for i in range(n)}
+
+
 def simple_input(n: int, prefix: str = "req", **mock: Any) -> bytes:
     return jsonl([request_line(f"{prefix}-{i}", **mock) for i in range(n)])
 

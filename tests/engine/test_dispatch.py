@@ -14,6 +14,7 @@ import pytest_asyncio
 from upstream import UpstreamServer
 
 from barge.engine.dispatch import Dispatcher, Result, RetryPolicy
+from barge.engine.limiter import AdaptiveLimiter
 from barge.upstreams.client import UpstreamClient
 
 CHAT = "/v1/chat/completions"
@@ -48,7 +49,7 @@ async def client(up: UpstreamServer) -> AsyncIterator[UpstreamClient]:
 
 @pytest.fixture
 def dispatcher(client: UpstreamClient) -> Dispatcher:
-    return Dispatcher(client, POLICY)
+    return Dispatcher(client, POLICY, AdaptiveLimiter(64))
 
 
 def parse(result: Result | None) -> dict[str, Any]:
@@ -178,7 +179,7 @@ async def test_503_on_every_attempt_gives_up_after_max_attempts(
 
 @pytest.mark.asyncio
 async def test_max_attempts_one_means_no_retry(client: UpstreamClient, up: UpstreamServer) -> None:
-    d = Dispatcher(client, RetryPolicy(1, 0.01, 0.05))
+    d = Dispatcher(client, RetryPolicy(1, 0.01, 0.05), AdaptiveLimiter(64))
     obj = parse(await d.execute(line("once", status=500), never))
     assert_error(obj, "upstream_http_error")
     assert up.stats.attempts == {"once": 1}
@@ -229,7 +230,7 @@ async def test_unreachable_upstream_waits_without_using_attempts() -> None:
     await c.open()
     deadline = time.monotonic() + 1.0  # POLICY allows 3 attempts, 0.05 s apart at most
     try:
-        result = await Dispatcher(c, POLICY).execute(
+        result = await Dispatcher(c, POLICY, AdaptiveLimiter(64)).execute(
             line("nobody"), lambda: time.monotonic() > deadline
         )
     finally:
@@ -245,7 +246,8 @@ async def test_request_sent_once_the_upstream_comes_back() -> None:
     c = UpstreamClient(down.base_url, api_key=None, timeout=5, max_connections=4)
     await c.open()
     try:
-        task = asyncio.create_task(Dispatcher(c, POLICY).execute(line("later"), never))
+        dispatcher = Dispatcher(c, POLICY, AdaptiveLimiter(64))
+        task = asyncio.create_task(dispatcher.execute(line("later"), never))
         await asyncio.sleep(0.5)  # many refused connections: far more than 3 attempts
         assert not task.done()
         await down.start()
@@ -264,7 +266,8 @@ async def test_timeout_is_upstream_timeout(up: UpstreamServer) -> None:
     await c.open()
     try:
         t0 = time.monotonic()
-        obj = parse(await Dispatcher(c, POLICY).execute(line("slow", delay=1), never))
+        dispatcher = Dispatcher(c, POLICY, AdaptiveLimiter(64))
+        obj = parse(await dispatcher.execute(line("slow", delay=1), never))
         elapsed = time.monotonic() - t0
     finally:
         await c.close()

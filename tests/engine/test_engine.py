@@ -16,6 +16,7 @@ from engine.helpers import (
     assert_each_once,
     assert_file_records,
     fast_settings,
+    ids,
     jsonl,
     request_line,
     results,
@@ -29,10 +30,6 @@ from barge.app import App
 from barge.domain.ids import new_batch_id
 from barge.domain.models import BatchRecord
 from barge.domain.status import Status
-
-
-def ids(prefix: str, n: int) -> set[str]:
-    return {f"{prefix}-{i}" for i in range(n)}
 
 
 @pytest.mark.asyncio

@@ -13,6 +13,7 @@ import orjson
 
 from barge.domain.ids import new_request_id
 from barge.domain.results import ResultCodes, error_line, output_line
+from barge.engine.limiter import AdaptiveLimiter, Outcome
 from barge.engine.retry import backoff, is_retryable_status, retry_after
 from barge.exceptions import UpstreamError
 from barge.upstreams.client import Reply, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
@@ -48,6 +49,7 @@ def _error_body(data: bytes) -> Any:
     return data[:2048].decode("utf-8", "replace")
 
 
+OVERLOAD_STATUSES = frozenset({429, 503})  # answers that mean "send me less"
 MAX_RETRY_AFTER = 600.0  # seconds: the longest Retry-After honoured
 DOWN_LOG_INTERVAL = 30.0  # seconds between "upstream unreachable" log lines
 _PAUSE_STEP = 0.25  # seconds between looks at ``stopping`` while backing off
@@ -65,9 +67,12 @@ async def _pause(seconds: float, stopping: Callable[[], bool]) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, client: UpstreamClient, policy: RetryPolicy) -> None:
+    def __init__(
+        self, client: UpstreamClient, policy: RetryPolicy, limiter: AdaptiveLimiter
+    ) -> None:
         self._client = client
         self._policy = policy
+        self.limiter = limiter
         self._down_logged_at = -DOWN_LOG_INTERVAL
 
     async def execute(self, raw: bytes, stopping: Callable[[], bool]) -> Result | None:
@@ -95,7 +100,7 @@ class Dispatcher:
             last_try = attempt >= policy.max_attempts
             wait: float | None = None
             try:
-                reply = await self._client.send(endpoint, body)
+                reply = await self._send(endpoint, body)
             except UpstreamUnreachable as e:
                 # Nothing was sent: the request waits for the upstream without using its
                 # attempts, until it comes back or the batch stops (expiry, cancel).
@@ -122,6 +127,21 @@ class Dispatcher:
             delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
             if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
                 return None
+
+    async def _send(self, endpoint: str, body: bytes) -> Reply:
+        """One attempt, inside a slot of the adaptive limit, telling it how it went."""
+        granted = await self.limiter.acquire()
+        outcome = Outcome.IGNORE
+        try:
+            reply = await self._client.send(endpoint, body)
+            overloaded = reply.status in OVERLOAD_STATUSES
+            outcome = Outcome.OVERLOAD if overloaded else Outcome.SUCCESS
+            return reply
+        except UpstreamTimeout:
+            outcome = Outcome.OVERLOAD
+            raise
+        finally:
+            self.limiter.release(granted, outcome)
 
     def _log_down(self, error: UpstreamError) -> None:
         now = time.monotonic()

@@ -1,0 +1,91 @@
+"""Adaptive concurrency: how many requests the upstream gets at once.
+
+AIMD with a slow start, per upstream. The limit starts small and grows by one per
+success until the upstream first pushes back (slow start), then by one per ``limit``
+successes (additive increase), and four times slower within one of the limit at which
+the upstream last pushed back, so a steady upstream is probed rarely. A push-back (429,
+503 or a timeout) cuts it to ``BACKOFF_FACTOR`` times the requests that were in flight
+(multiplicative decrease), once per round: signals from requests sent before the last
+cut do not cut again. The limit stays within [1, ``maximum``]."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from enum import Enum
+
+BACKOFF_FACTOR = 0.9
+INITIAL_LIMIT = 4
+CAUTION = 4  # near the last push-back, grow this many times slower
+
+
+class Outcome(Enum):
+    SUCCESS = "success"  # the upstream coped: an answer other than a push-back
+    OVERLOAD = "overload"  # 429, 503 or a timeout: the upstream has too much
+    IGNORE = "ignore"  # says nothing about load (e.g. nothing could be sent)
+
+
+class AdaptiveLimiter:
+    def __init__(self, maximum: int, *, initial: int = INITIAL_LIMIT) -> None:
+        self.maximum = maximum
+        self._limit = float(min(maximum, initial))
+        self._slow_start = True
+        self._ceiling = float(maximum)  # in flight at the last push-back
+        self._in_flight = 0
+        self._round = 0  # bumped at every cut
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.cuts = 0
+
+    @property
+    def limit(self) -> int:
+        return max(1, math.floor(self._limit))
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def acquire(self) -> int:
+        """Wait for a slot; returns the round it was granted in (give it to ``release``)."""
+        while self._in_flight >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                else:
+                    self._wake()  # woken, but leaving: pass the wake-up on
+                raise
+        self._in_flight += 1
+        return self._round
+
+    def release(self, granted_round: int, outcome: Outcome) -> None:
+        in_flight = self._in_flight
+        self._in_flight -= 1
+        if outcome is Outcome.OVERLOAD and granted_round == self._round:
+            self._ceiling = float(min(self._limit, in_flight))
+            self._limit = max(1.0, self._ceiling * BACKOFF_FACTOR)
+            self._slow_start = False
+            self._round += 1
+            self.cuts += 1
+        elif outcome is Outcome.SUCCESS:
+            if self._slow_start:
+                step = 1.0
+            elif self._limit + 1.0 >= self._ceiling:
+                step = 1.0 / (CAUTION * self._limit)
+            else:
+                step = 1.0 / self._limit
+            self._limit = min(float(self.maximum), self._limit + step)
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self._in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
