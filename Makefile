@@ -23,6 +23,7 @@ lint: install
 bench: install
 	$(PY) bench/dispatch.py --sizes 1000,20000,50000
 	$(PY) bench/saturation.py
+	$(PY) bench/memory.py --sizes 1000,10000,50000
 
 bench-quick: install
 	$(PY) bench/dispatch.py --sizes 1000,5000 --rounds 1

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class BargeProcess:
         *args: str,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.upstream = upstream
@@ -46,6 +48,7 @@ class BargeProcess:
         self.extra_env = env or {}
         self.port = free_port()
         self.log_path = log_path or data_dir.parent / f"barge-{self.port}.log"
+        self.preexec = preexec
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,7 +67,8 @@ class BargeProcess:
             "--log-level", "warning", *self.args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=self.preexec)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -3,19 +3,37 @@ engine, and closes them in reverse. The web app's lifespan owns one."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 from barge.api.auth import Authenticator
 from barge.blobs.local import LocalBlobs
 from barge.engine.dispatch import Dispatcher, RetryPolicy
 from barge.engine.limiter import AdaptiveLimiter
 from barge.engine.runner import Engine
+from barge.exceptions import BargeError
 from barge.settings import Settings
 from barge.store.sqlite import SQLiteStore
 from barge.upstreams.client import UpstreamClient
 
 log = logging.getLogger("barge")
+
+
+def hold_engine_lock(data_dir: Path) -> TextIO:
+    """One engine per data directory: two would send every request twice. The lock
+    dies with the process, so a crashed engine never blocks its successor."""
+    handle = open(data_dir / "engine.lock", "a")  # noqa: SIM115 - held until close
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise BargeError(
+            f"Another barge process runs the engine on {data_dir}; stop it first."
+        ) from None
+    return handle
 
 
 class App:
@@ -39,8 +57,11 @@ class App:
             Engine(self.store, self.blobs, self.dispatcher, settings) if settings.engine else None
         )
         self.auth = Authenticator(self.store, settings.admin_key)
+        self._lock: TextIO | None = None
 
     async def __aenter__(self) -> App:
+        if self.engine is not None:
+            self._lock = hold_engine_lock(self.settings.data_dir)
         await self.store.open()
         self.blobs.clear_tmp()
         await self.client.open()
@@ -58,3 +79,6 @@ class App:
             await self.engine.stop(self.settings.shutdown_grace)
         await self.client.close()
         await self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
