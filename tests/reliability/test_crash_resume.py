@@ -107,3 +107,45 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
     final = _wait(proc, batch.id, lambda b: b.status in TERMINAL, timeout=60)
     assert final.status == "completed"
     assert upstream.stats.total == 200  # nothing was sent twice
+
+
+def test_kill_9_mid_validation_and_mid_writing_results(
+    barge_factory: Callable[..., BargeProcess], upstream: UpstreamServer
+) -> None:
+    """A big file (validation and writing results take a while): kill once while the
+    engine validates and once while it writes the output file."""
+    n = 30_000
+    pad = "p" * 900
+    data = b"".join(
+        orjson.dumps({"custom_id": f"v-{i}", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": "m", "messages": [{"role": "user", "content": pad}]}})
+        + b"\n"
+        for i in range(n)
+    )
+    proc = barge_factory(upstream.base_url, "--upstream-concurrency", "64")
+    client = proc.client(timeout=120)
+    f = client.files.create(file=("big.jsonl", data), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    hit = []
+    b = _wait(proc, batch.id, lambda b: b.status == "validating")
+    proc.kill()
+    hit.append(getattr(b, "barge_status", None))
+    proc.restart()
+    b = _wait(proc, batch.id, lambda b: b.status == "finalizing", timeout=120)
+    proc.kill()
+    hit.append(getattr(b, "barge_status", None))
+    proc.restart()
+
+    final = _wait(proc, batch.id, lambda b: b.status in TERMINAL, timeout=120)
+    print("fine-grained statuses at the kills:", hit)
+    assert final.status == "completed", (final, hit)
+    assert final.request_counts is not None
+    assert (final.request_counts.total, final.request_counts.completed) == (n, n), hit
+    assert final.output_file_id is not None
+    rows = client.files.content(final.output_file_id).read().splitlines()
+    ids = Counter(orjson.loads(r)["custom_id"] for r in rows)
+    assert len(rows) == n and len(ids) == n, hit
+    # Writing results again after the kill published the same file, not a second one.
+    outputs = [x for x in client.files.list(purpose="batch_output").data]
+    assert [x.id for x in outputs] == [final.output_file_id]
