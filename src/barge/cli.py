@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from barge.exceptions import BargeError
 from barge.keys import create_key
 from barge.settings import DEFAULT_ENDPOINTS, Settings
 from barge.store.sqlite import SQLiteStore
@@ -122,11 +123,21 @@ def _setup_logging(level: str) -> None:
 
 @click.group()
 @click.version_option(package_name="barge")
-def main() -> None:
+def cli() -> None:
     """Barge: a self-hosted batch API server that speaks the OpenAI Files and Batch APIs."""
 
 
-@main.command()
+def main() -> None:
+    """The entry point: Barge's own errors end the command with their message, exit 1."""
+    try:
+        cli()
+    except BargeError as e:
+        cause = e.__cause__
+        click.echo(f"barge: {e.message}" + (f" ({cause})" if cause else ""), err=True)
+        sys.exit(1)
+
+
+@cli.command()
 @server_options
 @click.option("--admin-key", default=None, envvar="BARGE_ADMIN_KEY", show_envvar=True,
               help="A key with every permission (never stored).")
@@ -157,7 +168,7 @@ def _ensure_first_key(data_dir: Path) -> None:
         )
 
 
-@main.group()
+@cli.group()
 def keys() -> None:
     """Create, list and revoke API keys."""
 
@@ -198,7 +209,7 @@ def keys_revoke(data_dir: Path, key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
-@main.command()
+@cli.command()
 @click.option("--requests", "n", type=click.IntRange(1, 50_000), default=200, show_default=True,
               help="How many requests the example batch holds.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

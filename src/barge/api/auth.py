@@ -1,17 +1,19 @@
-"""The auth dependency: a Bearer key becomes a Principal, or the request gets a 401."""
+"""Authentication and permissions: a Bearer key becomes a Caller (401 otherwise), and
+each route names the action it needs (403 otherwise)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
-from barge.domain.models import Principal
-from barge.exceptions import Unauthenticated
+from barge.domain.permissions import BUILTIN_ROLES, Action, Caller, Role
+from barge.exceptions import PermissionDenied, Unauthenticated
 from barge.store.protocol import Store
 
-ADMIN = Principal(account="default", key_id="admin", role="admin")
+ADMIN = Caller(account="default", key_id="admin", role=BUILTIN_ROLES["admin"])
 
 
 def hash_key(key: str) -> str:
@@ -23,7 +25,7 @@ class Authenticator:
         self._store = store
         self._admin_hash = hash_key(admin_key) if admin_key else None
 
-    async def principal(self, authorization: str | None) -> Principal:
+    async def caller(self, authorization: str | None) -> Caller:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthenticated(
                 "Missing API key. Send it as 'Authorization: Bearer <key>'.",
@@ -35,9 +37,38 @@ class Authenticator:
         principal = await self._store.principal_for(digest)
         if principal is None:
             raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
-        return principal
+        return Caller(principal.account, principal.key_id, await self.role(principal.role))
+
+    async def role(self, name: str) -> Role:
+        """A role by name; a name that no longer exists allows nothing."""
+        builtin = BUILTIN_ROLES.get(name)
+        if builtin is not None:
+            return builtin
+        custom = await self._store.get_role(name)
+        return custom if custom is not None else Role(name, frozenset(), frozenset())
 
 
-async def require_principal(request: Request) -> Principal:
-    auth: Authenticator = request.app.state.barge.auth
-    return await auth.principal(request.headers.get("authorization"))
+def require(action: Action) -> Callable[[Request], Awaitable[Caller]]:
+    """A route dependency: the authenticated caller, whose role must allow ``action``."""
+
+    async def dependency(request: Request) -> Caller:
+        auth: Authenticator = request.app.state.barge.auth
+        caller = await auth.caller(request.headers.get("authorization"))
+        if not caller.role.allows(action):
+            raise PermissionDenied(
+                f"This key's role '{caller.role.name}' does not allow '{action.value}'.",
+                code="permission_denied",
+            )
+        return caller
+
+    return dependency
+
+
+def require_operation(caller: Caller, endpoint: str) -> None:
+    """Creating a batch also needs the permission for its endpoint."""
+    if not caller.role.allows_operation(endpoint):
+        raise PermissionDenied(
+            f"This key's role '{caller.role.name}' may not run batches on {endpoint}.",
+            param="endpoint",
+            code="permission_denied",
+        )

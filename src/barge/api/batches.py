@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
-from barge.api.auth import require_principal
+from barge.api.auth import require, require_operation
 from barge.api.responses import JSON
 from barge.domain.ids import new_batch_id
-from barge.domain.models import BatchRecord, Principal
+from barge.domain.models import BatchRecord
+from barge.domain.permissions import Action, Caller
 from barge.domain.projection import batch_object
 from barge.domain.status import Status
 from barge.domain.validation import (
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from barge.app import App
 
 router = APIRouter(prefix="/v1/batches")
-Caller = Annotated[Principal, Depends(require_principal)]
 
 
 def _app(request: Request) -> App:
@@ -77,7 +77,9 @@ def _output_expiry(value: Any) -> int | None:
 
 
 @router.post("")
-async def create_batch(request: Request, caller: Caller) -> JSON:
+async def create_batch(
+    request: Request, caller: Annotated[Caller, Depends(require(Action.CREATE_BATCH))]
+) -> JSON:
     app = _app(request)
     s = app.settings
     body = await _json_body(request)
@@ -89,6 +91,7 @@ async def create_batch(request: Request, caller: Caller) -> JSON:
             f"Unsupported endpoint {endpoint!r}; this server accepts {list(s.endpoints)}.",
             param="endpoint", code="invalid_value",
         )
+    require_operation(caller, endpoint)
     seconds = window_seconds(window)
     if window not in s.completion_windows or seconds is None:
         raise InvalidRequest(
@@ -138,7 +141,7 @@ async def create_batch(request: Request, caller: Caller) -> JSON:
 @router.get("")
 async def list_batches(
     request: Request,
-    caller: Caller,
+    caller: Annotated[Caller, Depends(require(Action.GET_BATCHES))],
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JSON:
@@ -156,12 +159,20 @@ async def list_batches(
 
 
 @router.get("/{batch_id}")
-async def retrieve_batch(request: Request, caller: Caller, batch_id: str) -> JSON:
+async def retrieve_batch(
+    request: Request,
+    caller: Annotated[Caller, Depends(require(Action.GET_BATCH))],
+    batch_id: str,
+) -> JSON:
     return JSON(batch_object(await _app(request).store.get_batch(caller.account, batch_id)))
 
 
 @router.post("/{batch_id}/cancel")
-async def cancel_batch(request: Request, caller: Caller, batch_id: str) -> JSON:
+async def cancel_batch(
+    request: Request,
+    caller: Annotated[Caller, Depends(require(Action.CANCEL_BATCH))],
+    batch_id: str,
+) -> JSON:
     app = _app(request)
     record = await app.store.request_cancel(caller.account, batch_id)
     if app.engine is not None:

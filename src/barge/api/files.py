@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import StreamingResponse
 
-from barge.api.auth import require_principal
+from barge.api.auth import require
 from barge.api.responses import JSON
 from barge.api.uploads import Upload, receive_upload
 from barge.domain.ids import new_file_id
-from barge.domain.models import UPLOAD_PURPOSES, FileRecord, Principal
+from barge.domain.models import UPLOAD_PURPOSES, FileRecord
+from barge.domain.permissions import Action, Caller
 from barge.domain.projection import file_object
 from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
 from barge.exceptions import InvalidRequest
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from barge.app import App
 
 router = APIRouter(prefix="/v1/files")
-Caller = Annotated[Principal, Depends(require_principal)]
 
 
 def _app(request: Request) -> App:
@@ -51,7 +51,9 @@ def _expiry(upload: Upload, purpose: str, now: int, default: int) -> int | None:
 
 
 @router.post("")
-async def create_file(request: Request, caller: Caller) -> JSON:
+async def create_file(
+    request: Request, caller: Annotated[Caller, Depends(require(Action.UPLOAD_FILE))]
+) -> JSON:
     app = _app(request)
     s = app.settings
     file_id = new_file_id()
@@ -107,7 +109,7 @@ def _safe_name(name: str | None) -> str:
 @router.get("")
 async def list_files(
     request: Request,
-    caller: Caller,
+    caller: Annotated[Caller, Depends(require(Action.GET_FILES))],
     purpose: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
@@ -129,12 +131,18 @@ async def list_files(
 
 
 @router.get("/{file_id}")
-async def retrieve_file(request: Request, caller: Caller, file_id: str) -> JSON:
+async def retrieve_file(
+    request: Request, caller: Annotated[Caller, Depends(require(Action.GET_FILE))], file_id: str
+) -> JSON:
     return JSON(file_object(await _app(request).store.get_file(caller.account, file_id)))
 
 
 @router.get("/{file_id}/content")
-async def file_content(request: Request, caller: Caller, file_id: str) -> StreamingResponse:
+async def file_content(
+    request: Request,
+    caller: Annotated[Caller, Depends(require(Action.DOWNLOAD_FILE))],
+    file_id: str,
+) -> StreamingResponse:
     app = _app(request)
     record = await app.store.get_file(caller.account, file_id)
     app.blobs.local_path(record.id)  # 404 now rather than a broken stream later
@@ -146,7 +154,11 @@ async def file_content(request: Request, caller: Caller, file_id: str) -> Stream
 
 
 @router.delete("/{file_id}")
-async def delete_file(request: Request, caller: Caller, file_id: str) -> JSON:
+async def delete_file(
+    request: Request,
+    caller: Annotated[Caller, Depends(require(Action.DELETE_FILE))],
+    file_id: str,
+) -> JSON:
     app = _app(request)
     await app.store.delete_file(caller.account, file_id)
     await app.blobs.delete(file_id)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from barge import __version__
-from barge.api import batches, errors, files
+from barge.api import admin, batches, errors, files
 from barge.api.responses import JSON
 from barge.app import App
 from barge.settings import Settings
@@ -26,6 +26,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(web)
     web.include_router(files.router)
     web.include_router(batches.router)
+    web.include_router(admin.router)
 
     @web.get("/healthz", include_in_schema=False)
     async def healthz() -> JSON:

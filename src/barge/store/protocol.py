@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
+from barge.domain.permissions import Role
 from barge.domain.status import Status
 
 
@@ -107,3 +108,11 @@ class Store(Protocol):
     async def list_keys(self) -> list[KeyRecord]: ...
 
     async def revoke_key(self, key_id: str) -> None: ...
+
+    # Custom roles.
+    async def create_role(self, role: Role) -> None:
+        """Raises Conflict when a role of that name exists."""
+
+    async def get_role(self, name: str) -> Role | None: ...
+
+    async def list_roles(self) -> list[Role]: ...

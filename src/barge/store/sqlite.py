@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import orjson
 
 from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
+from barge.domain.permissions import Role, make_role
 from barge.domain.status import CANCELLABLE, STAMPS, TERMINAL, Status, can_transition
 from barge.exceptions import Conflict, NotFound, StorageError, StoreUnavailable
 from barge.store.protocol import Page, SliceProgress
@@ -497,6 +498,41 @@ class SQLiteStore:
                 raise NotFound(f"No such live key: {key_id}", param="key_id")
 
         await self._run(q)
+
+    # -- roles ----------------------------------------------------------------
+
+    async def create_role(self, role: Role) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
+                    "INSERT INTO roles (name, actions, operations, created_at) VALUES (?,?,?,?)",
+                    (role.name, orjson.dumps(sorted(role.actions)).decode(),
+                     orjson.dumps(sorted(role.operations)).decode(), int(time.time())),
+                )
+            except sqlite3.IntegrityError as e:
+                raise Conflict(f"A role named {role.name!r} exists.", param="name") from e
+
+        await self._run(q)
+
+    async def get_role(self, name: str) -> Role | None:
+        def q(db: sqlite3.Connection) -> Role | None:
+            row = db.execute(
+                "SELECT name, actions, operations FROM roles WHERE name=?", (name,)
+            ).fetchone()
+            return None if row is None else _role(row)
+
+        return await self._run(q)
+
+    async def list_roles(self) -> list[Role]:
+        def q(db: sqlite3.Connection) -> list[Role]:
+            rows = db.execute("SELECT name, actions, operations FROM roles ORDER BY name")
+            return [_role(r) for r in rows.fetchall()]
+
+        return await self._run(q)
+
+
+def _role(row: sqlite3.Row) -> Role:
+    return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))
 
 
 def _statements(sql: str) -> list[str]:

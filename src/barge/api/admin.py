@@ -1,0 +1,106 @@
+"""``/v1/admin``: keys and roles, for callers whose role allows ``manage_keys``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+
+from barge.api.auth import require
+from barge.api.responses import JSON
+from barge.domain.models import KeyRecord
+from barge.domain.permissions import BUILTIN_ROLES, Action, Caller, Role, make_role
+from barge.exceptions import InvalidRequest
+from barge.keys import create_key
+
+if TYPE_CHECKING:
+    from barge.app import App
+
+router = APIRouter(prefix="/v1/admin")
+Admin = Annotated[Caller, Depends(require(Action.MANAGE_KEYS))]
+
+
+def _app(request: Request) -> App:
+    app: App = request.app.state.barge
+    return app
+
+
+def key_object(k: KeyRecord) -> dict[str, Any]:
+    return {"id": k.id, "object": "api_key", "name": k.name, "account": k.account,
+            "role": k.role, "created_at": k.created_at, "revoked_at": k.revoked_at}
+
+
+def role_object(r: Role, *, builtin: bool) -> dict[str, Any]:
+    return {"object": "role", "name": r.name, "actions": sorted(r.actions),
+            "operations": sorted(r.operations), "builtin": builtin}
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest("The request body is not valid JSON.") from e
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _string(body: dict[str, Any], param: str, default: str | None) -> str:
+    value = body.get(param, default)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{param}' must be a string.", param=param)
+    return value
+
+
+def _strings(body: dict[str, Any], param: str) -> list[str]:
+    value = body.get(param, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"'{param}' must be a list of strings.", param=param)
+    return value
+
+
+@router.post("/keys")
+async def create_api_key(request: Request, caller: Admin) -> JSON:
+    body = await _body(request)
+    record, secret = await create_key(
+        _app(request).store,
+        name=_string(body, "name", None),
+        role=_string(body, "role", "member"),
+        account=_string(body, "account", caller.account),
+    )
+    return JSON(key_object(record) | {"key": secret})
+
+
+@router.get("/keys")
+async def list_api_keys(request: Request, caller: Admin) -> JSON:
+    keys = await _app(request).store.list_keys()
+    return JSON({"object": "list", "data": [key_object(k) for k in keys]})
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_api_key(request: Request, caller: Admin, key_id: str) -> JSON:
+    await _app(request).store.revoke_key(key_id)
+    return JSON({"id": key_id, "object": "api_key", "revoked": True})
+
+
+@router.get("/roles")
+async def list_roles(request: Request, caller: Admin) -> JSON:
+    custom = await _app(request).store.list_roles()
+    data = [role_object(r, builtin=True) for r in BUILTIN_ROLES.values()]
+    data += [role_object(r, builtin=False) for r in custom]
+    return JSON({"object": "list", "data": data})
+
+
+@router.post("/roles")
+async def create_role(request: Request, caller: Admin) -> JSON:
+    body = await _body(request)
+    name = _string(body, "name", None)
+    actions, operations = _strings(body, "actions"), _strings(body, "operations")
+    try:
+        role = make_role(name, actions, operations)
+    except ValueError as e:
+        raise InvalidRequest(f"Invalid role: {e}.", param="name" if "name" in str(e) else
+                             "actions") from e
+    await _app(request).store.create_role(role)
+    return JSON(role_object(role, builtin=False))
