@@ -16,6 +16,7 @@ from barge.engine.limiter import AdaptiveLimiter
 from barge.engine.runner import Engine
 from barge.exceptions import BargeError
 from barge.settings import Settings
+from barge.signing_key import load_signing_secret
 from barge.store.sqlite import SQLiteStore
 from barge.upstreams.client import UpstreamClient
 
@@ -57,6 +58,7 @@ class App:
             Engine(self.store, self.blobs, self.dispatcher, settings) if settings.engine else None
         )
         self.auth = Authenticator(self.store, settings.admin_key)
+        self.signing_secret = load_signing_secret(settings.data_dir, settings.signing_secret)
         self._lock: TextIO | None = None
 
     async def __aenter__(self) -> App:

@@ -73,6 +73,14 @@ def server_options(f: F) -> F:
         click.option("--shutdown-grace", type=click.FloatRange(0.0), default=d.shutdown_grace,
                      show_default=True, envvar="BARGE_SHUTDOWN_GRACE", show_envvar=True,
                      help="Seconds in-flight requests get to finish on SIGTERM."),
+        click.option("--download-url-ttl", type=click.IntRange(1, 7 * 86400),
+                     default=d.download_url_ttl, show_default=True,
+                     envvar="BARGE_DOWNLOAD_URL_TTL", show_envvar=True,
+                     help="Seconds a batch's temporary download link stays valid."),
+        click.option("--signing-secret", default=None, envvar="BARGE_SIGNING_SECRET",
+                     show_envvar=True,
+                     help="Secret that signs download links (default: kept in "
+                          "DATA_DIR/signing.key, made on first start)."),
         click.option("--log-level", default="info", show_default=True,
                      envvar="BARGE_LOG_LEVEL", show_envvar=True,
                      type=click.Choice(["debug", "info", "warning", "error"])),
@@ -99,6 +107,8 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         max_file_bytes=options["max_file_bytes"],
         shutdown_grace=options["shutdown_grace"],
         admin_key=admin_key,
+        signing_secret=options["signing_secret"],
+        download_url_ttl=options["download_url_ttl"],
     )
 
 

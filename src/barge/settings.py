@@ -35,6 +35,9 @@ class Settings:
     file_expiry_seconds: int = 30 * 86400  # uploaded batch files, by default
     # Keys.
     admin_key: str | None = field(default=None, repr=False)
+    # Download links: the HMAC secret (None: data_dir/signing.key) and their lifetime.
+    signing_secret: str | None = field(default=None, repr=False)
+    download_url_ttl: int = 3600  # seconds a download link stays valid
     # The engine.
     engine: bool = True
     slice_lines: int = 1000  # input lines per durable work slice

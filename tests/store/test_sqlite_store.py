@@ -16,7 +16,8 @@ _CONSTRAINT_WORDS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"}
 
 
 def columns_named_in_sql() -> dict[str, list[str]]:
-    """Every ``CREATE TABLE`` of every migration, as table -> column names in order."""
+    """Every ``CREATE TABLE`` and ``ALTER TABLE … ADD COLUMN`` of every migration, applied
+    in order, as table -> column names in order."""
     tables: dict[str, list[str]] = {}
     for _, sql in migrations():
         no_comments = "\n".join(
@@ -29,6 +30,8 @@ def columns_named_in_sql() -> dict[str, list[str]]:
                 if words and words[0].upper() not in _CONSTRAINT_WORDS:
                     names.append(words[0])
             tables[m.group(1)] = names
+        for m in re.finditer(r"ALTER TABLE\s+(\w+)\s+ADD COLUMN\s+(\w+)", no_comments):
+            tables[m.group(1)].append(m.group(2))
     return tables
 
 

@@ -10,8 +10,15 @@ from fastapi import APIRouter, Depends, Request
 from barge.api.auth import require
 from barge.api.responses import JSON
 from barge.domain.models import KeyRecord
-from barge.domain.permissions import BUILTIN_ROLES, Action, Caller, Role, make_role
-from barge.exceptions import InvalidRequest
+from barge.domain.permissions import (
+    BUILTIN_ROLES,
+    Action,
+    Caller,
+    InvalidRole,
+    Role,
+    make_role,
+)
+from barge.exceptions import InvalidRequest, NotFound, PermissionDenied
 from barge.keys import create_key
 
 if TYPE_CHECKING:
@@ -60,26 +67,40 @@ def _strings(body: dict[str, Any], param: str) -> list[str]:
     return value
 
 
+async def _visible_keys(request: Request, caller: Caller) -> list[KeyRecord]:
+    """Every key for the server's admin key; the caller's account's keys otherwise."""
+    keys = await _app(request).store.list_keys()
+    if caller.manages_all_accounts:
+        return keys
+    return [k for k in keys if k.account == caller.account]
+
+
 @router.post("/keys")
 async def create_api_key(request: Request, caller: Admin) -> JSON:
     body = await _body(request)
+    account = _string(body, "account", caller.account)
+    if account != caller.account and not caller.manages_all_accounts:
+        raise PermissionDenied("This key may create keys only for its own account.",
+                               param="account", code="permission_denied")
     record, secret = await create_key(
         _app(request).store,
         name=_string(body, "name", None),
         role=_string(body, "role", "member"),
-        account=_string(body, "account", caller.account),
+        account=account,
     )
     return JSON(key_object(record) | {"key": secret})
 
 
 @router.get("/keys")
 async def list_api_keys(request: Request, caller: Admin) -> JSON:
-    keys = await _app(request).store.list_keys()
+    keys = await _visible_keys(request, caller)
     return JSON({"object": "list", "data": [key_object(k) for k in keys]})
 
 
 @router.delete("/keys/{key_id}")
 async def revoke_api_key(request: Request, caller: Admin, key_id: str) -> JSON:
+    if key_id not in {k.id for k in await _visible_keys(request, caller)}:
+        raise NotFound(f"No such live key: {key_id}", param="key_id")
     await _app(request).store.revoke_key(key_id)
     return JSON({"id": key_id, "object": "api_key", "revoked": True})
 
@@ -99,8 +120,7 @@ async def create_role(request: Request, caller: Admin) -> JSON:
     actions, operations = _strings(body, "actions"), _strings(body, "operations")
     try:
         role = make_role(name, actions, operations)
-    except ValueError as e:
-        raise InvalidRequest(f"Invalid role: {e}.", param="name" if "name" in str(e) else
-                             "actions") from e
+    except InvalidRole as e:
+        raise InvalidRequest(f"Invalid role: {e}.", param=e.param) from e
     await _app(request).store.create_role(role)
     return JSON(role_object(role, builtin=False))

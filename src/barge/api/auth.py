@@ -13,7 +13,8 @@ from barge.domain.permissions import BUILTIN_ROLES, Action, Caller, Role
 from barge.exceptions import PermissionDenied, Unauthenticated
 from barge.store.protocol import Store
 
-ADMIN = Caller(account="default", key_id="admin", role=BUILTIN_ROLES["admin"])
+ADMIN = Caller(account="default", key_id="admin", role=BUILTIN_ROLES["admin"],
+               manages_all_accounts=True)
 
 
 def hash_key(key: str) -> str:

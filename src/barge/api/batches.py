@@ -1,27 +1,22 @@
-"""``/v1/batches``: create, retrieve, list, cancel."""
+"""``/v1/batches``: create, retrieve, list, cancel, delete."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
-from barge.api.auth import require, require_operation
+from barge.api.auth import require
+from barge.api.downloads import download_object
 from barge.api.responses import JSON
-from barge.domain.ids import new_batch_id
-from barge.domain.models import BatchRecord
+from barge.api.submit import BatchRequest, submit_batch
 from barge.domain.permissions import Action, Caller
 from barge.domain.projection import batch_object
-from barge.domain.status import Status
-from barge.domain.validation import (
-    MAX_EXPIRY_SECONDS,
-    MIN_EXPIRY_SECONDS,
-    metadata_problem,
-    window_seconds,
-)
-from barge.exceptions import InvalidRequest, NotFound
+from barge.domain.status import TERMINAL, Status, project
+from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
+from barge.engine.purge import purge_batch
+from barge.exceptions import Conflict, InvalidRequest
 
 if TYPE_CHECKING:
     from barge.app import App
@@ -80,61 +75,19 @@ def _output_expiry(value: Any) -> int | None:
 async def create_batch(
     request: Request, caller: Annotated[Caller, Depends(require(Action.CREATE_BATCH))]
 ) -> JSON:
-    app = _app(request)
-    s = app.settings
     body = await _json_body(request)
-    input_file_id = _required_str(body, "input_file_id")
-    endpoint = _required_str(body, "endpoint")
-    window = _required_str(body, "completion_window")
-    if endpoint not in s.endpoints:
-        raise InvalidRequest(
-            f"Unsupported endpoint {endpoint!r}; this server accepts {list(s.endpoints)}.",
-            param="endpoint", code="invalid_value",
-        )
-    require_operation(caller, endpoint)
-    seconds = window_seconds(window)
-    if window not in s.completion_windows or seconds is None:
-        raise InvalidRequest(
-            f"Unsupported completion_window {window!r}; this server accepts "
-            f"{list(s.completion_windows)}.",
-            param="completion_window", code="invalid_value",
-        )
-    metadata = body.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise InvalidRequest("'metadata' must be an object.", param="metadata",
-                                 code="invalid_type")
-        problem = metadata_problem(metadata)
-        if problem:
-            raise InvalidRequest(problem, param="metadata", code="invalid_value")
-    output_expiry = _output_expiry(body.get("output_expires_after"))
-    try:
-        source = await app.store.get_file(caller.account, input_file_id)
-    except NotFound as e:
-        raise NotFound(e.message, param="input_file_id") from e
-    if source.purpose != "batch":
-        raise InvalidRequest(
-            f"File {input_file_id} has purpose {source.purpose!r}; a batch needs 'batch'.",
-            param="input_file_id", code="invalid_value",
-        )
-    now = time.time()
-    record = BatchRecord(
-        id=new_batch_id(),
-        account=caller.account,
-        endpoint=endpoint,
-        completion_window=window,
-        input_file_id=input_file_id,
-        status=Status.NEW,
-        created_at=int(now),
-        updated_at=now,
-        expires_at=int(now) + seconds,
-        metadata=metadata,
-        total=0,
-        output_expiry_seconds=output_expiry,
+    record = await submit_batch(
+        _app(request),
+        caller,
+        BatchRequest(
+            input_file_id=_required_str(body, "input_file_id"),
+            endpoint=_required_str(body, "endpoint"),
+            completion_window=_required_str(body, "completion_window"),
+            metadata=body.get("metadata"),
+            output_expiry_seconds=_output_expiry(body.get("output_expires_after")),
+            hash=body.get("hash"),
+        ),
     )
-    await app.store.create_batch(record)
-    if app.engine is not None:
-        app.engine.poke(record.id)
     return JSON(batch_object(record))
 
 
@@ -144,8 +97,13 @@ async def list_batches(
     caller: Annotated[Caller, Depends(require(Action.GET_BATCHES))],
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    created_after: Annotated[int | None, Query(ge=0)] = None,
+    created_before: Annotated[int | None, Query(ge=0)] = None,
 ) -> JSON:
-    page = await _app(request).store.list_batches(caller.account, after=after, limit=limit)
+    page = await _app(request).store.list_batches(
+        caller.account, after=after, limit=limit, created_after=created_after,
+        created_before=created_before,
+    )
     data = [batch_object(b) for b in page.items]
     return JSON(
         {
@@ -163,8 +121,13 @@ async def retrieve_batch(
     request: Request,
     caller: Annotated[Caller, Depends(require(Action.GET_BATCH))],
     batch_id: str,
+    download: bool = False,
 ) -> JSON:
-    return JSON(batch_object(await _app(request).store.get_batch(caller.account, batch_id)))
+    record = await _app(request).store.get_batch(caller.account, batch_id)
+    body = batch_object(record)
+    if download:
+        body["download"] = download_object(request, caller, record)
+    return JSON(body)
 
 
 @router.post("/{batch_id}/cancel")
@@ -178,3 +141,23 @@ async def cancel_batch(
     if app.engine is not None:
         app.engine.poke(batch_id, cancel=True)
     return JSON(batch_object(record))
+
+
+@router.delete("/{batch_id}")
+async def delete_batch(
+    request: Request,
+    caller: Annotated[Caller, Depends(require(Action.DELETE_BATCH))],
+    batch_id: str,
+) -> JSON:
+    """Delete a finished batch with its output and error files (and so their links)."""
+    app = _app(request)
+    b = await app.store.get_batch(caller.account, batch_id)
+    if b.status not in TERMINAL:
+        raise Conflict(
+            f"Batch {batch_id} is {project(b.status).value}; only a finished batch can be "
+            "deleted (cancel it first).",
+            param="batch_id", code="invalid_status",
+        )
+    b = await app.store.transition(batch_id, Status.DELETING, only_from=(b.status,))
+    await purge_batch(app.store, app.blobs, app.settings.work_dir, b)
+    return JSON({"id": batch_id, "object": "batch.deleted", "deleted": True})

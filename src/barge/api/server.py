@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from barge import __version__
-from barge.api import admin, batches, errors, files
+from barge.api import admin, batches, compact, downloads, errors, files
 from barge.api.responses import JSON
 from barge.app import App
 from barge.settings import Settings
@@ -27,6 +27,8 @@ def create_app(settings: Settings) -> FastAPI:
     web.include_router(files.router)
     web.include_router(batches.router)
     web.include_router(admin.router)
+    web.include_router(downloads.router)
+    web.include_router(compact.router)
 
     @web.get("/healthz", include_in_schema=False)
     async def healthz() -> JSON:

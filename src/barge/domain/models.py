@@ -82,6 +82,7 @@ class BatchRecord:
     cancelling_at: int | None = None
     cancelled_at: int | None = None
     output_expiry_seconds: int | None = None  # output_expires_after.seconds, if given
+    hash: str | None = None  # SHA-256 the client gave at create, checked before any request
 
     def replace(self, **changes: Any) -> BatchRecord:
         return dataclasses.replace(self, **changes)

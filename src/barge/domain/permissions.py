@@ -50,6 +50,9 @@ class Caller:
     account: str
     key_id: str
     role: Role
+    # The server's own admin key (BARGE_ADMIN_KEY) manages keys of every account; a stored
+    # key allowed manage_keys manages only its own account's keys.
+    manages_all_accounts: bool = False
 
 
 ALL_ACTIONS = frozenset(Action)
@@ -65,19 +68,28 @@ BUILTIN_ROLES: dict[str, Role] = {
 }
 
 
+class InvalidRole(ValueError):
+    """A role definition that breaks a rule; ``param`` names the field at fault."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def make_role(name: str, actions: Iterable[str], operations: Iterable[str]) -> Role:
-    """A custom role, checked; raises ValueError naming what is wrong."""
+    """A custom role, checked; raises InvalidRole naming the field that is wrong."""
     if not _ROLE_NAME.fullmatch(name):
-        raise ValueError("a role name is 1-64 characters of a-z, 0-9, '_' or '-', "
-                         "starting with a letter")
+        raise InvalidRole("name", "a role name is 1-64 characters of a-z, 0-9, '_' or '-', "
+                                  "starting with a letter")
     if name in BUILTIN_ROLES:
-        raise ValueError(f"{name!r} is a built-in role")
+        raise InvalidRole("name", f"{name!r} is a built-in role")
     known = {a.value for a in Action}
     unknown = sorted(set(actions) - known)
     if unknown:
-        raise ValueError(f"unknown actions {unknown}; known: {sorted(known)}")
+        raise InvalidRole("actions", f"unknown actions {unknown}; known: {sorted(known)}")
     ops = frozenset(operations)
     bad = sorted(op for op in ops if op != ANY_OPERATION and not op.startswith("/v1/"))
     if bad:
-        raise ValueError(f"operations are endpoints like /v1/chat/completions or '*': {bad}")
+        raise InvalidRole("operations",
+                          f"operations are endpoints like /v1/chat/completions or '*': {bad}")
     return Role(name, frozenset(Action(a) for a in actions), ops)

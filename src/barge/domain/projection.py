@@ -24,8 +24,9 @@ def file_object(f: FileRecord) -> dict[str, Any]:
 
 
 def batch_object(b: BatchRecord) -> dict[str, Any]:
-    """The Batch object, plus Barge's fine-grained ``barge_status`` and ``updated_at``."""
-    return {
+    """The Batch object, plus Barge's fine-grained ``barge_status`` and ``updated_at``,
+    and ``hash`` when one was given at create."""
+    obj = {
         "id": b.id,
         "object": "batch",
         "endpoint": b.endpoint,
@@ -53,3 +54,6 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
         "barge_status": b.status.value,
         "updated_at": b.updated_at,
     }
+    if b.hash is not None:
+        obj["hash"] = b.hash
+    return obj

@@ -35,6 +35,7 @@ class LineCodes:
     FILE_TOO_LARGE = "file_too_large"
     EMPTY_FILE = "empty_file"
     INPUT_FILE_MISSING = "input_file_missing"
+    HASH_MISMATCH = "hash_mismatch"  # the input file's SHA-256 is not the one given
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from barge.engine.dispatch import Dispatcher
 from barge.engine.finalize import merge_results, part_path, result_file_id
 from barge.engine.parts import PartWriter, done_map
 from barge.engine.pool import Job, SliceTracker, WorkerPool
+from barge.engine.purge import purge_batch, sha256_file
 from barge.engine.reaper import reap_expired_files
 from barge.engine.scan import scan_input
 from barge.exceptions import Conflict, NotFound
@@ -34,7 +35,6 @@ _EXPIRABLE = frozenset(
 )
 _SIMPLE_MOVES = {
     Status.NEW: Status.COPYING,
-    Status.COPYING: Status.COPIED,
     Status.COPIED: Status.VALIDATING,
     Status.PROCESSED: Status.WRITING_RESULTS,
     Status.CANCEL: Status.CANCELLING,
@@ -130,6 +130,11 @@ class Engine:
         self._wake.set()
 
     async def _loop(self) -> None:
+        try:  # deletions a crash interrupted
+            for b in await self._store.deleting_batches():
+                await purge_batch(self._store, self._blobs, self._settings.work_dir, b)
+        except Exception:
+            log.exception("cannot finish deleting batches")
         next_reap = time.monotonic()
         while not self._stopping:
             if time.monotonic() >= next_reap:
@@ -185,6 +190,8 @@ class Engine:
             await self._finish(b, Status.EXPIRED, expire_rest=True)
         elif b.status in _SIMPLE_MOVES:
             await self._store.transition(b.id, _SIMPLE_MOVES[b.status], only_from=(b.status,))
+        elif b.status is Status.COPYING:
+            await self._copy(b)
         elif b.status is Status.VALIDATING:
             await self._validate(b)
         elif b.status is Status.PROCESSING:
@@ -200,6 +207,26 @@ class Engine:
         elif b.status is Status.CANCELLING:
             await self._finish(b, Status.CANCELLED, expire_rest=False)
         return None
+
+    async def _copy(self, b: BatchRecord) -> None:
+        """Check the integrity hash given at create, before anything is sent."""
+        if b.hash is not None:
+            try:
+                path = self._blobs.local_path(b.input_file_id)
+            except NotFound:
+                path = None  # validation reports the missing file
+            if path is not None:
+                digest = await asyncio.to_thread(sha256_file, path)
+                if digest != b.hash:
+                    mismatch = LineError(
+                        LineCodes.HASH_MISMATCH,
+                        f"The input file's SHA-256 is {digest}, not the hash given at create.",
+                        param="hash",
+                    )
+                    await self._store.transition(b.id, Status.HASH_MISMATCH,
+                                                 only_from=(Status.COPYING,), errors=[mismatch])
+                    return
+        await self._store.transition(b.id, Status.COPIED, only_from=(Status.COPYING,))
 
     async def _validate(self, b: BatchRecord) -> None:
         s = self._settings

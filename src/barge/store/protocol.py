@@ -61,8 +61,17 @@ class Store(Protocol):
         """``account`` None: any account (the engine's view)."""
 
     async def list_batches(
-        self, account: str, *, after: str | None, limit: int
-    ) -> Page[BatchRecord]: ...
+        self,
+        account: str,
+        *,
+        after: str | None,
+        limit: int,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        oldest_first: bool = False,
+    ) -> Page[BatchRecord]:
+        """Newest first (or oldest first), the page after the batch ``after``;
+        ``created_after``/``created_before`` are inclusive bounds in Unix seconds."""
 
     async def transition(
         self, batch_id: str, to: Status, *, only_from: Iterable[Status] | None = None,
@@ -94,6 +103,12 @@ class Store(Protocol):
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
     ) -> BatchRecord:
         """Publish result files and move the batch to ``to`` in one transaction."""
+
+    async def deleting_batches(self) -> list[BatchRecord]:
+        """Batches marked ``deleting`` whose purge has not finished, oldest first."""
+
+    async def delete_batch(self, batch_id: str) -> None:
+        """Remove a ``deleting`` batch, its slices and its result files' records."""
 
     async def unfinished_batches(self) -> list[BatchRecord]:
         """Every batch the engine still has work for (neither terminal nor being

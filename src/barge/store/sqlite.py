@@ -25,11 +25,13 @@ _BATCH_COLUMNS = (
     "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
     " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
     " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
-    " cancelling_at, cancelled_at, output_expiry_seconds"
+    " cancelling_at, cancelled_at, output_expiry_seconds, hash"
 )
 _FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
 # Columns ``transition``/``finish`` may set besides status and timestamps.
-_SETTABLE = frozenset({"output_file_id", "error_file_id", "total", "completed", "failed", "model"})
+_SETTABLE = frozenset(
+    {"output_file_id", "error_file_id", "total", "completed", "failed", "model", "errors"}
+)
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -71,6 +73,7 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
         cancelling_at=row["cancelling_at"],
         cancelled_at=row["cancelled_at"],
         output_expiry_seconds=row["output_expiry_seconds"],
+        hash=row["hash"],
     )
 
 
@@ -244,11 +247,11 @@ class SQLiteStore:
             db.execute(
                 "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
                 " status, created_at, updated_at, expires_at, metadata, total,"
-                " output_expiry_seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " output_expiry_seconds, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (b.id, b.account, b.endpoint, b.completion_window, b.input_file_id,
                  b.status.value, b.created_at, b.updated_at, b.expires_at,
                  orjson.dumps(b.metadata).decode() if b.metadata is not None else None,
-                 b.total, b.output_expiry_seconds),
+                 b.total, b.output_expiry_seconds, b.hash),
             )
 
         await self._run(q)
@@ -273,21 +276,35 @@ class SQLiteStore:
         return await self._run(lambda db: self._get_batch(db, account, batch_id))
 
     async def list_batches(
-        self, account: str, *, after: str | None, limit: int
+        self,
+        account: str,
+        *,
+        after: str | None,
+        limit: int,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        oldest_first: bool = False,
     ) -> Page[BatchRecord]:
         def q(db: sqlite3.Connection) -> Page[BatchRecord]:
-            where, args = ["account=?", "status != 'deleting'"], [account]
+            where: list[str] = ["account=?", "status != 'deleting'"]
+            args: list[str | int] = [account]
+            if created_after is not None:
+                where.append("created_at >= ?")
+                args.append(created_after)
+            if created_before is not None:
+                where.append("created_at <= ?")
+                args.append(created_before)
             if after is not None:
                 row = db.execute(
                     "SELECT seq FROM batches WHERE id=? AND account=?", (after, account)
                 ).fetchone()
                 if row is None:
                     raise NotFound(f"No such batch: {after}", param="after")
-                where.append("seq < ?")
+                where.append("seq > ?" if oldest_first else "seq < ?")
                 args.append(row["seq"])
             rows = db.execute(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {' AND '.join(where)}"
-                " ORDER BY seq DESC LIMIT ?",
+                f" ORDER BY seq {'ASC' if oldest_first else 'DESC'} LIMIT ?",
                 (*args, limit + 1),
             ).fetchall()
             return Page([_batch(r) for r in rows[:limit]], len(rows) > limit)
@@ -317,6 +334,10 @@ class SQLiteStore:
         if unknown:
             raise ValueError(f"not settable: {sorted(unknown)}")
         now = time.time()
+        if "errors" in fields:
+            fields = fields | {
+                "errors": orjson.dumps([e.as_dict() for e in fields["errors"]]).decode()
+            }
         sets = {"status": to.value, "updated_at": now, **fields}
         stamp = STAMPS.get(to)
         if stamp is not None and getattr(current, stamp) is None:
@@ -443,6 +464,30 @@ class SQLiteStore:
             return b
 
         return await self._run(q)
+
+    async def deleting_batches(self) -> list[BatchRecord]:
+        def q(db: sqlite3.Connection) -> list[BatchRecord]:
+            rows = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status=? ORDER BY seq",
+                (Status.DELETING,),
+            ).fetchall()
+            return [_batch(r) for r in rows]
+
+        return await self._run(q)
+
+    async def delete_batch(self, batch_id: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            b = self._get_batch(db, None, batch_id)
+            if b.status is not Status.DELETING:
+                raise Conflict(f"Batch {batch_id} is not being deleted.", param="batch_id")
+            for file_id in (b.output_file_id, b.error_file_id):
+                if file_id is not None:
+                    db.execute("DELETE FROM files WHERE id=?", (file_id,))
+            db.execute("DELETE FROM batches WHERE id=?", (batch_id,))
+            db.execute("COMMIT")
+
+        await self._run(q)
 
     async def unfinished_batches(self) -> list[BatchRecord]:
         def q(db: sqlite3.Connection) -> list[BatchRecord]:
