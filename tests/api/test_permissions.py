@@ -4,7 +4,7 @@ exactly that one), the endpoint permission of ``create_batch``, the built-in rea
 cross-account access to every route (always 404, identical to a missing object), and 401
 for absent, malformed, wrong and revoked keys on every route, admin routes included.
 
-``delete_batch`` has no route yet (``DELETE /v1/batches/{id}``), so it has no test here."""
+``delete_batch`` is checked with plain HTTP (``DELETE /v1/batches/{id}``)."""
 
 from __future__ import annotations
 
@@ -50,9 +50,24 @@ EMBEDDINGS = "/v1/embeddings"
 MISSING_FILE = "file-000000000000000000000000"
 MISSING_BATCH = "batch_000000000000000000000000"
 
-# The OpenAI routes and the action guarding each (delete_batch has no route yet).
+# The routes and the action guarding each.
 GUARDED = ["create_batch", "get_batch", "get_batches", "cancel_batch", "upload_file",
-           "get_file", "get_files", "download_file", "delete_file", "manage_keys"]
+           "get_file", "get_files", "download_file", "delete_file", "manage_keys",
+           "delete_batch"]
+
+
+def _sdk_404(r: httpx.Response) -> httpx.Response:
+    """A plain-HTTP probe's 404 raised as the SDK would, so probes compare alike."""
+    if r.status_code == 404:
+        raise openai.NotFoundError("not found", response=r, body=r.json())
+    return r
+
+
+def _delete_batch(barge: BargeProcess, key: str, batch_id: str) -> httpx.Response:
+    r = admin_request(barge, "DELETE", f"/batches/{batch_id}", key=key)
+    if r.status_code == 403:
+        raise openai.PermissionDeniedError("denied", response=r, body=r.json())
+    return r
 
 
 # -- one test per action ------------------------------------------------------------------
@@ -80,6 +95,8 @@ def _attempt(action: str, client: OpenAI, barge: BargeProcess, key: str, acct: A
         return client.files.content(acct.input_file_id)
     if action == "delete_file":
         return client.files.delete(acct.spare_file_id)
+    if action == "delete_batch":
+        return _delete_batch(barge, key, acct.batch_id)
     assert action == "manage_keys"
     r = admin_request(barge, "GET", "/admin/keys", key=key)
     if r.status_code == 403:
@@ -107,6 +124,10 @@ def _check_allowed(action: str, result: Any, acct: Account, cancel_id: str) -> N
         assert result.content == acct.input_bytes
     elif action == "delete_file":
         assert result.id == acct.spare_file_id and result.deleted is True
+    elif action == "delete_batch":
+        assert result.status_code == 200, result.text
+        assert result.json() == {"id": acct.batch_id, "object": "batch.deleted",
+                                 "deleted": True}
     else:
         assert result.status_code == 200, result.text
         assert result.json()["object"] == "list"
@@ -166,8 +187,9 @@ def test_a_role_without_one_action_is_refused_only_that_action(
         names = {r["name"] for r in admin_request(barge, "GET", "/admin/roles").json()["data"]}
         assert "should-not-exist" not in names
 
-    # Everything else the role allows still works (cancel first, while the batch runs).
-    for action in sorted(GUARDED, key=lambda a: a != "cancel_batch"):
+    # Everything else the role allows still works (cancel first, while the batch runs;
+    # delete the finished batch last, once nothing else needs it).
+    for action in sorted(GUARDED, key=lambda a: (a != "cancel_batch", a == "delete_batch")):
         if action == missing:
             continue
         result = _attempt(action, client, barge, secret, acct, cancel_id)
@@ -361,6 +383,12 @@ def test_another_accounts_objects_are_404_on_every_route(
             ("batch from their file", lambda i: intruder.batches.create(
                 input_file_id=i, endpoint=CHAT, completion_window="24h"),
              victim.input_file_id, MISSING_FILE),
+            ("delete finished batch", lambda i: _sdk_404(
+                admin_request(barge, "DELETE", f"/batches/{i}", key=secret)),
+             victim.batch_id, MISSING_BATCH),
+            ("batch links", lambda i: _sdk_404(
+                admin_request(barge, "GET", f"/batches/{i}?download=true", key=secret)),
+             victim.batch_id, MISSING_BATCH),
         ]
     for what, call, foreign_id, missing_id in probes:
         with pytest.raises(openai.NotFoundError) as foreign:
