@@ -86,9 +86,14 @@ def _slice(row: sqlite3.Row) -> Slice:
 
 
 class SQLiteStore:
+    """Writes go through one connection on one worker thread; reads through a second,
+    read-only connection on the event loop, so a client's GET never queues behind the
+    engine's commits (WAL lets readers see the last commit while a write is under way)."""
+
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="barge-sqlite")
 
     # -- plumbing -------------------------------------------------------------
@@ -97,10 +102,18 @@ class SQLiteStore:
         if self._db is None:
             raise StoreUnavailable("The store is closed.")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._call, fn)
+        return await loop.run_in_executor(self._thread, self._call, fn, False)
 
-    def _call(self, fn: Callable[[sqlite3.Connection], R]) -> R:
-        db = self._db
+    async def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        # Reads are short indexed lookups that never wait for a writer (WAL): running them
+        # on the event loop costs less than the hop to a thread and back, which under
+        # load is a whole turn of a busy loop.
+        if self._reader is None:
+            raise StoreUnavailable("The store is closed.")
+        return self._call(fn, True)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], R], read: bool) -> R:
+        db = self._reader if read else self._db
         if db is None:
             raise StoreUnavailable("The store is closed.")
         try:
@@ -132,7 +145,11 @@ class SQLiteStore:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={version}")
                 db.execute("COMMIT")
-        self._db = db
+        reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        reader.row_factory = sqlite3.Row
+        reader.execute("PRAGMA query_only=ON")
+        reader.execute("PRAGMA busy_timeout=200")  # it runs on the event loop: never wait long
+        self._db, self._reader = db, reader
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,9 +164,10 @@ class SQLiteStore:
             return
 
         def _close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            for db in (self._reader, self._db):
+                if db is not None:
+                    db.close()
+            self._db = self._reader = None
 
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, _close)
@@ -176,7 +194,7 @@ class SQLiteStore:
                 raise NotFound(f"No such file: {file_id}", param="file_id")
             return _file(row)
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def list_files(
         self, account: str, *, purpose: str | None, limit: int, order: str, after: str | None
@@ -203,7 +221,7 @@ class SQLiteStore:
             ).fetchall()
             return Page([_file(r) for r in rows[:limit]], len(rows) > limit)
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def delete_file(self, account: str, file_id: str) -> None:
         def q(db: sqlite3.Connection) -> None:
@@ -238,7 +256,7 @@ class SQLiteStore:
             ).fetchall()
             return [_file(r) for r in rows]
 
-        return await self._run(q)
+        return await self._read(q)
 
     # -- batches --------------------------------------------------------------
 
@@ -273,7 +291,7 @@ class SQLiteStore:
         return _batch(row)
 
     async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord:
-        return await self._run(lambda db: self._get_batch(db, account, batch_id))
+        return await self._read(lambda db: self._get_batch(db, account, batch_id))
 
     async def list_batches(
         self,
@@ -309,7 +327,7 @@ class SQLiteStore:
             ).fetchall()
             return Page([_batch(r) for r in rows[:limit]], len(rows) > limit)
 
-        return await self._run(q)
+        return await self._read(q)
 
     @staticmethod
     def _transition(
@@ -427,7 +445,7 @@ class SQLiteStore:
             ).fetchall()
             return [_slice(r) for r in rows]
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
         def q(db: sqlite3.Connection) -> None:
@@ -473,7 +491,7 @@ class SQLiteStore:
             ).fetchall()
             return [_batch(r) for r in rows]
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def delete_batch(self, batch_id: str) -> None:
         def q(db: sqlite3.Connection) -> None:
@@ -499,7 +517,7 @@ class SQLiteStore:
             ).fetchall()
             return [_batch(r) for r in rows]
 
-        return await self._run(q)
+        return await self._read(q)
 
     # -- keys -----------------------------------------------------------------
 
@@ -521,7 +539,7 @@ class SQLiteStore:
             ).fetchone()
             return None if row is None else Principal(row["account"], row["id"], row["role"])
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def list_keys(self) -> list[KeyRecord]:
         def q(db: sqlite3.Connection) -> list[KeyRecord]:
@@ -531,7 +549,7 @@ class SQLiteStore:
             ).fetchall()
             return [KeyRecord(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def revoke_key(self, key_id: str) -> None:
         def q(db: sqlite3.Connection) -> None:
@@ -566,14 +584,14 @@ class SQLiteStore:
             ).fetchone()
             return None if row is None else _role(row)
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def list_roles(self) -> list[Role]:
         def q(db: sqlite3.Connection) -> list[Role]:
             rows = db.execute("SELECT name, actions, operations FROM roles ORDER BY name")
             return [_role(r) for r in rows.fetchall()]
 
-        return await self._run(q)
+        return await self._read(q)
 
 
 def _role(row: sqlite3.Row) -> Role:
