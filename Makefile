@@ -24,10 +24,13 @@ bench: install
 	$(PY) bench/dispatch.py --sizes 1000,20000,50000
 	$(PY) bench/saturation.py
 	$(PY) bench/memory.py --sizes 1000,10000,50000
+	$(PY) bench/small_batches.py --batches 200 --requests 10
+	$(PY) bench/api_latency.py --requests 50000
 
 bench-quick: install
 	$(PY) bench/dispatch.py --sizes 1000,5000 --rounds 1
 	$(PY) bench/saturation.py --requests 500 --rounds 1
+	$(PY) bench/small_batches.py --batches 40 --requests 10
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
