@@ -1103,3 +1103,21 @@ class TestDurability:
             assert await again.unfinished_batches() == []
         finally:
             await again.close()
+
+
+class TestAdvance:
+    """``advance`` walks several moves in one transaction, or none of them."""
+
+    @pytest.mark.asyncio
+    async def test_moves_through_the_path_and_stamps_once(self, store: Store) -> None:
+        bid = await batch_in(store, S.NEW)
+        b = await store.advance(bid, (S.COPYING, S.COPIED, S.VALIDATING))
+        assert b.status is S.VALIDATING
+        assert (await store.get_batch(None, bid)).status is S.VALIDATING
+
+    @pytest.mark.asyncio
+    async def test_a_forbidden_step_changes_nothing(self, store: Store) -> None:
+        bid = await batch_in(store, S.NEW)
+        with pytest.raises(Conflict):
+            await store.advance(bid, (S.COPYING, S.PROCESSING))  # copying cannot process
+        assert (await store.get_batch(None, bid)).status is S.NEW

@@ -33,11 +33,12 @@ log = logging.getLogger("barge.engine")
 _EXPIRABLE = frozenset(
     {Status.NEW, Status.COPYING, Status.COPIED, Status.VALIDATING, Status.PROCESSING}
 )
+# Moves that need no work of their own, each made in one transaction. Without a hash
+# to check, copying is nothing more than the moves.
 _SIMPLE_MOVES = {
-    Status.NEW: Status.COPYING,
-    Status.COPIED: Status.VALIDATING,
-    Status.PROCESSED: Status.WRITING_RESULTS,
-    Status.CANCEL: Status.CANCELLING,
+    Status.COPIED: (Status.VALIDATING,),
+    Status.PROCESSED: (Status.WRITING_RESULTS,),
+    Status.CANCEL: (Status.CANCELLING,),
 }
 MAX_ACTIVE_BATCHES = 64
 REAP_INTERVAL = 60.0  # seconds between sweeps for expired files
@@ -188,8 +189,13 @@ class Engine:
     async def _step(self, b: BatchRecord) -> str | None:
         if b.status in _EXPIRABLE and time.time() >= b.expires_at:
             await self._finish(b, Status.EXPIRED, expire_rest=True)
+        elif b.status is Status.NEW:
+            path: tuple[Status, ...] = (Status.COPYING,)
+            if b.hash is None:
+                path = (Status.COPYING, Status.COPIED, Status.VALIDATING)
+            await self._store.advance(b.id, path)
         elif b.status in _SIMPLE_MOVES:
-            await self._store.transition(b.id, _SIMPLE_MOVES[b.status], only_from=(b.status,))
+            await self._store.advance(b.id, _SIMPLE_MOVES[b.status])
         elif b.status is Status.COPYING:
             await self._copy(b)
         elif b.status is Status.VALIDATING:
@@ -200,7 +206,7 @@ class Engine:
             log.info("batch %s: dispatch ran %.2fs (%s)", b.id, time.monotonic() - started,
                      reason)
             if reason == "done":
-                await self._store.transition(b.id, Status.PROCESSED, only_from=(b.status,))
+                await self._store.advance(b.id, (Status.PROCESSED, Status.WRITING_RESULTS))
             return reason
         elif b.status is Status.WRITING_RESULTS:
             await self._finish(b, Status.COMPLETED, expire_rest=False)

@@ -81,6 +81,11 @@ class Store(Protocol):
         Raises Conflict when the move is not allowed from the current status (or it is
         not one of ``only_from``)."""
 
+    async def advance(self, batch_id: str, path: Sequence[Status]) -> BatchRecord:
+        """Move through every status of ``path`` in order, in one transaction (each move
+        checked and stamped as by ``transition``); Conflict if any move is not allowed,
+        and then nothing changes."""
+
     async def request_cancel(self, account: str, batch_id: str) -> BatchRecord:
         """Mark a batch ``cancel``; idempotent while it is being cancelled; Conflict once
         it is terminal."""

@@ -378,6 +378,17 @@ class SQLiteStore:
 
         return await self._run(q)
 
+    async def advance(self, batch_id: str, path: Sequence[Status]) -> BatchRecord:
+        def q(db: sqlite3.Connection) -> BatchRecord:
+            db.execute("BEGIN IMMEDIATE")
+            b = self._get_batch(db, None, batch_id)
+            for status in path:
+                b = self._transition(db, batch_id, status, None, {})
+            db.execute("COMMIT")
+            return b
+
+        return await self._run(q)
+
     async def request_cancel(self, account: str, batch_id: str) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
             db.execute("BEGIN IMMEDIATE")
