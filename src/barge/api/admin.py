@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 
 from barge.api.auth import require
+from barge.api.requests import app_of, json_object
 from barge.api.responses import JSON
 from barge.domain.models import KeyRecord
 from barge.domain.permissions import (
@@ -21,16 +21,8 @@ from barge.domain.permissions import (
 from barge.exceptions import InvalidRequest, NotFound, PermissionDenied
 from barge.keys import create_key
 
-if TYPE_CHECKING:
-    from barge.app import App
-
 router = APIRouter(prefix="/v1/admin")
 Admin = Annotated[Caller, Depends(require(Action.MANAGE_KEYS))]
-
-
-def _app(request: Request) -> App:
-    app: App = request.app.state.barge
-    return app
 
 
 def key_object(k: KeyRecord) -> dict[str, Any]:
@@ -41,16 +33,6 @@ def key_object(k: KeyRecord) -> dict[str, Any]:
 def role_object(r: Role, *, builtin: bool) -> dict[str, Any]:
     return {"object": "role", "name": r.name, "actions": sorted(r.actions),
             "operations": sorted(r.operations), "builtin": builtin}
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest("The request body is not valid JSON.") from e
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
 
 
 def _string(body: dict[str, Any], param: str, default: str | None) -> str:
@@ -69,7 +51,7 @@ def _strings(body: dict[str, Any], param: str) -> list[str]:
 
 async def _visible_keys(request: Request, caller: Caller) -> list[KeyRecord]:
     """Every key for the server's admin key; the caller's account's keys otherwise."""
-    keys = await _app(request).store.list_keys()
+    keys = await app_of(request).store.list_keys()
     if caller.manages_all_accounts:
         return keys
     return [k for k in keys if k.account == caller.account]
@@ -77,13 +59,13 @@ async def _visible_keys(request: Request, caller: Caller) -> list[KeyRecord]:
 
 @router.post("/keys")
 async def create_api_key(request: Request, caller: Admin) -> JSON:
-    body = await _body(request)
+    body = await json_object(request)
     account = _string(body, "account", caller.account)
     if account != caller.account and not caller.manages_all_accounts:
         raise PermissionDenied("This key may create keys only for its own account.",
                                param="account", code="permission_denied")
     record, secret = await create_key(
-        _app(request).store,
+        app_of(request).store,
         name=_string(body, "name", None),
         role=_string(body, "role", "member"),
         account=account,
@@ -101,13 +83,13 @@ async def list_api_keys(request: Request, caller: Admin) -> JSON:
 async def revoke_api_key(request: Request, caller: Admin, key_id: str) -> JSON:
     if key_id not in {k.id for k in await _visible_keys(request, caller)}:
         raise NotFound(f"No such live key: {key_id}", param="key_id")
-    await _app(request).store.revoke_key(key_id)
+    await app_of(request).store.revoke_key(key_id)
     return JSON({"id": key_id, "object": "api_key", "revoked": True})
 
 
 @router.get("/roles")
 async def list_roles(request: Request, caller: Admin) -> JSON:
-    custom = await _app(request).store.list_roles()
+    custom = await app_of(request).store.list_roles()
     data = [role_object(r, builtin=True) for r in BUILTIN_ROLES.values()]
     data += [role_object(r, builtin=False) for r in custom]
     return JSON({"object": "list", "data": data})
@@ -115,12 +97,12 @@ async def list_roles(request: Request, caller: Admin) -> JSON:
 
 @router.post("/roles")
 async def create_role(request: Request, caller: Admin) -> JSON:
-    body = await _body(request)
+    body = await json_object(request)
     name = _string(body, "name", None)
     actions, operations = _strings(body, "actions"), _strings(body, "operations")
     try:
         role = make_role(name, actions, operations)
     except InvalidRole as e:
         raise InvalidRequest(f"Invalid role: {e}.", param=e.param) from e
-    await _app(request).store.create_role(role)
+    await app_of(request).store.create_role(role)
     return JSON(role_object(role, builtin=False))

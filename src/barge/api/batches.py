@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
 from barge.api.auth import require
 from barge.api.downloads import download_object
+from barge.api.requests import app_of, json_object
 from barge.api.responses import JSON
 from barge.api.submit import BatchRequest, submit_batch
 from barge.domain.permissions import Action, Caller
@@ -18,26 +18,7 @@ from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
 from barge.engine.purge import purge_batch
 from barge.exceptions import Conflict, InvalidRequest
 
-if TYPE_CHECKING:
-    from barge.app import App
-
 router = APIRouter(prefix="/v1/batches")
-
-
-def _app(request: Request) -> App:
-    app: App = request.app.state.barge
-    return app
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest("The request body is not valid JSON.") from e
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
 
 
 def _required_str(body: dict[str, Any], name: str) -> str:
@@ -75,9 +56,9 @@ def _output_expiry(value: Any) -> int | None:
 async def create_batch(
     request: Request, caller: Annotated[Caller, Depends(require(Action.CREATE_BATCH))]
 ) -> JSON:
-    body = await _json_body(request)
+    body = await json_object(request)
     record = await submit_batch(
-        _app(request),
+        app_of(request),
         caller,
         BatchRequest(
             input_file_id=_required_str(body, "input_file_id"),
@@ -100,7 +81,7 @@ async def list_batches(
     created_after: Annotated[int | None, Query(ge=0)] = None,
     created_before: Annotated[int | None, Query(ge=0)] = None,
 ) -> JSON:
-    page = await _app(request).store.list_batches(
+    page = await app_of(request).store.list_batches(
         caller.account, after=after, limit=limit, created_after=created_after,
         created_before=created_before,
     )
@@ -123,7 +104,7 @@ async def retrieve_batch(
     batch_id: str,
     download: bool = False,
 ) -> JSON:
-    record = await _app(request).store.get_batch(caller.account, batch_id)
+    record = await app_of(request).store.get_batch(caller.account, batch_id)
     body = batch_object(record)
     if download:
         body["download"] = download_object(request, caller, record)
@@ -136,7 +117,7 @@ async def cancel_batch(
     caller: Annotated[Caller, Depends(require(Action.CANCEL_BATCH))],
     batch_id: str,
 ) -> JSON:
-    app = _app(request)
+    app = app_of(request)
     record = await app.store.request_cancel(caller.account, batch_id)
     if app.engine is not None:
         app.engine.poke(batch_id, cancel=True)
@@ -150,7 +131,7 @@ async def delete_batch(
     batch_id: str,
 ) -> JSON:
     """Delete a finished batch with its output and error files (and so their links)."""
-    app = _app(request)
+    app = app_of(request)
     b = await app.store.get_batch(caller.account, batch_id)
     if b.status not in TERMINAL:
         raise Conflict(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from barge.api.auth import require
 from barge.api.batches import cancel_batch, delete_batch
 from barge.api.downloads import download_object
+from barge.api.requests import app_of, json_object
 from barge.api.responses import JSON
 from barge.api.submit import BatchRequest, submit_batch
 from barge.domain.ids import new_file_id
@@ -36,18 +37,10 @@ from barge.domain.permissions import Action, Caller
 from barge.domain.signing import UPLOAD_PURPOSE, expiry, sign, verify
 from barge.exceptions import Conflict, InvalidRequest, NotFound, PermissionDenied
 
-if TYPE_CHECKING:
-    from barge.app import App
-
 router = APIRouter(prefix="/batches")
 DICT_KEY = re.compile(r"[a-z_][0-9a-z_]{0,63}")
 MAX_LIMIT = 1000
 INVALID_UPLOAD = "This upload link is invalid, used or expired."
-
-
-def _app(request: Request) -> App:
-    app: App = request.app.state.barge
-    return app
 
 
 def _ts(seconds: float) -> float:
@@ -99,7 +92,7 @@ def _batch_dict(value: Any) -> dict[str, str] | None:
 async def create_upload_url(
     request: Request, caller: Annotated[Caller, Depends(require(Action.UPLOAD_FILE))]
 ) -> JSON:
-    app = _app(request)
+    app = app_of(request)
     handler = new_file_id()
     expires = expiry(time.time(), app.settings.download_url_ttl)
     query = urlencode(
@@ -121,7 +114,7 @@ async def upload(
     signature: str | None = None,
 ) -> JSON:
     """The body is the file's bytes; the signed link stands in for the API key, once."""
-    app = _app(request)
+    app = app_of(request)
     if account is None or expires is None or signature is None or not verify(
         app.signing_secret, handler, account, expires, signature, now=time.time(),
         purpose=UPLOAD_PURPOSE,
@@ -160,17 +153,12 @@ async def upload(
 async def create(
     request: Request, caller: Annotated[Caller, Depends(require(Action.CREATE_BATCH))]
 ) -> JSON:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest("The request body is not valid JSON.") from e
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    body = await json_object(request)
     handler = body.get("handler")
     if not isinstance(handler, str) or not handler:
         raise InvalidRequest("Missing required parameter: 'handler'.", param="handler",
                              code="missing_required_parameter")
-    app = _app(request)
+    app = app_of(request)
     record = await submit_batch(
         app,
         caller,
@@ -193,7 +181,7 @@ async def get(
     batch: str,
     download: bool = False,
 ) -> JSON:
-    record = await _app(request).store.get_batch(caller.account, batch)
+    record = await app_of(request).store.get_batch(caller.account, batch)
     view = compact_view(record)
     if download:
         links = download_object(request, caller, record)
@@ -213,7 +201,7 @@ async def list_(
 ) -> JSON:
     """With only ``ge``, counting starts at ``ge`` (oldest first); otherwise it starts at
     ``le`` or now (newest first)."""
-    page = await _app(request).store.list_batches(
+    page = await app_of(request).store.list_batches(
         caller.account, after=cursor, limit=limit,
         created_after=None if ge is None else math.ceil(ge),  # created_at is whole seconds
         created_before=None if le is None else int(le),
@@ -232,7 +220,7 @@ async def cancel(
     batch: str,
 ) -> JSON:
     await cancel_batch(request, caller, batch)
-    return JSON(compact_view(await _app(request).store.get_batch(caller.account, batch)))
+    return JSON(compact_view(await app_of(request).store.get_batch(caller.account, batch)))
 
 
 @router.delete("/{batch}")

@@ -11,28 +11,21 @@ Every refusal (bad or expired link, file gone) is the same 403 with the same mes
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import StreamingResponse
 
+from barge.api.requests import app_of
 from barge.domain.models import BatchRecord
 from barge.domain.permissions import Action, Caller
 from barge.domain.signing import expiry, sign, verify
 from barge.exceptions import NotFound, PermissionDenied
 
-if TYPE_CHECKING:
-    from barge.app import App
-
 router = APIRouter(prefix="/v1/downloads")
 
 INVALID_LINK = "This download link is invalid or has expired."
-
-
-def _app(request: Request) -> App:
-    app: App = request.app.state.barge
-    return app
 
 
 def _denied() -> PermissionDenied:
@@ -58,7 +51,7 @@ def download_object(request: Request, caller: Caller, record: BatchRecord) -> di
             f"'{Action.DOWNLOAD_FILE.value}'.",
             param="download", code="permission_denied",
         )
-    app = _app(request)
+    app = app_of(request)
     expires = expiry(time.time(), app.settings.download_url_ttl)
     base = str(request.base_url)
     if not base.endswith("/"):
@@ -84,7 +77,7 @@ async def download(
     expires: str | None = None,
     signature: str | None = None,
 ) -> StreamingResponse:
-    app = _app(request)
+    app = app_of(request)
     if account is None or expires is None or signature is None or not verify(
         app.signing_secret, file_id, account, expires, signature, now=time.time()
     ):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import StreamingResponse
 
 from barge.api.auth import require
+from barge.api.requests import app_of
 from barge.api.responses import JSON
 from barge.api.uploads import Upload, receive_upload
 from barge.domain.ids import new_file_id
@@ -18,15 +19,7 @@ from barge.domain.projection import file_object
 from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
 from barge.exceptions import InvalidRequest
 
-if TYPE_CHECKING:
-    from barge.app import App
-
 router = APIRouter(prefix="/v1/files")
-
-
-def _app(request: Request) -> App:
-    app: App = request.app.state.barge
-    return app
 
 
 def _expiry(upload: Upload, purpose: str, now: int, default: int) -> int | None:
@@ -54,7 +47,7 @@ def _expiry(upload: Upload, purpose: str, now: int, default: int) -> int | None:
 async def create_file(
     request: Request, caller: Annotated[Caller, Depends(require(Action.UPLOAD_FILE))]
 ) -> JSON:
-    app = _app(request)
+    app = app_of(request)
     s = app.settings
     file_id = new_file_id()
     upload, writer = await receive_upload(request, app.blobs, file_id, max_bytes=s.max_file_bytes)
@@ -115,7 +108,7 @@ async def list_files(
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     after: str | None = None,
 ) -> JSON:
-    page = await _app(request).store.list_files(
+    page = await app_of(request).store.list_files(
         caller.account, purpose=purpose, limit=limit, order=order, after=after
     )
     data = [file_object(f) for f in page.items]
@@ -134,7 +127,7 @@ async def list_files(
 async def retrieve_file(
     request: Request, caller: Annotated[Caller, Depends(require(Action.GET_FILE))], file_id: str
 ) -> JSON:
-    return JSON(file_object(await _app(request).store.get_file(caller.account, file_id)))
+    return JSON(file_object(await app_of(request).store.get_file(caller.account, file_id)))
 
 
 @router.get("/{file_id}/content")
@@ -143,7 +136,7 @@ async def file_content(
     caller: Annotated[Caller, Depends(require(Action.DOWNLOAD_FILE))],
     file_id: str,
 ) -> StreamingResponse:
-    app = _app(request)
+    app = app_of(request)
     record = await app.store.get_file(caller.account, file_id)
     app.blobs.local_path(record.id)  # 404 now rather than a broken stream later
     return StreamingResponse(
@@ -159,7 +152,7 @@ async def delete_file(
     caller: Annotated[Caller, Depends(require(Action.DELETE_FILE))],
     file_id: str,
 ) -> JSON:
-    app = _app(request)
+    app = app_of(request)
     await app.store.delete_file(caller.account, file_id)
     await app.blobs.delete(file_id)
     return JSON({"id": file_id, "object": "file", "deleted": True})

@@ -1,0 +1,29 @@
+"""What every router needs from a request: the App it serves, and a JSON object body."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import Request
+
+from barge.exceptions import InvalidRequest
+
+if TYPE_CHECKING:
+    from barge.app import App
+
+
+def app_of(request: Request) -> App:
+    app: App = request.app.state.barge
+    return app
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying why not."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest("The request body is not valid JSON.") from e
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
