@@ -81,6 +81,9 @@ def server_options(f: F) -> F:
                      show_envvar=True,
                      help="Secret that signs download links (default: kept in "
                           "DATA_DIR/signing.key, made on first start)."),
+        click.option("--public-url", default=None, envvar="BARGE_PUBLIC_URL", show_envvar=True,
+                     help="Base URL clients reach this server at, for the links it hands "
+                          "out (default: the host each request came to)."),
         click.option("--log-level", default="info", show_default=True,
                      envvar="BARGE_LOG_LEVEL", show_envvar=True,
                      type=click.Choice(["debug", "info", "warning", "error"])),
@@ -109,6 +112,7 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         admin_key=admin_key,
         signing_secret=options["signing_secret"],
         download_url_ttl=options["download_url_ttl"],
+        public_url=options["public_url"],
     )
 
 

@@ -38,6 +38,7 @@ class Settings:
     # Download links: the HMAC secret (None: data_dir/signing.key) and their lifetime.
     signing_secret: str | None = field(default=None, repr=False)
     download_url_ttl: int = 3600  # seconds a download link stays valid
+    public_url: str | None = None  # base of links handed out, e.g. behind a proxy
     # The engine.
     engine: bool = True
     slice_lines: int = 1000  # input lines per durable work slice

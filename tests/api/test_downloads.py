@@ -456,3 +456,19 @@ def test_each_data_dir_has_its_own_key(barge_factory: Callable[..., BargeProcess
     k2 = (tmp_path / "two" / "signing.key").read_text()
     assert k1 != k2
     assert one.data_dir != two.data_dir
+
+
+def test_links_use_the_public_url_when_one_is_set(
+    barge_factory: Callable[..., BargeProcess], upstream: UpstreamServer, connect: Connect
+) -> None:
+    """Behind a proxy, links name the address clients know, with the same path and query."""
+    public = "https://batches.example.com/barge/"
+    barge = barge_factory(upstream.base_url, "--public-url", public)
+    client = connect(barge)
+    b = run_batch(client, mixed_lines())
+    assert b.output_file_id
+    url = links(barge, b.id)["url"]
+    assert url.startswith(public + "v1/downloads/" + b.output_file_id + "?")
+    # What the proxy would forward: the same link on the server's own address.
+    local = url.replace(public, f"http://127.0.0.1:{barge.port}/", 1)
+    assert fetch(local).content == client.files.content(b.output_file_id).content

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from barge.api.auth import require
 from barge.api.batches import cancel_batch, delete_batch
 from barge.api.downloads import download_object
-from barge.api.requests import app_of, json_object
+from barge.api.requests import app_of, json_object, public_base
 from barge.api.responses import JSON
 from barge.api.submit import BatchRequest, submit_batch
 from barge.domain.ids import new_file_id
@@ -101,7 +101,7 @@ async def create_upload_url(
                            purpose=UPLOAD_PURPOSE)},
         quote_via=quote,
     )
-    url = f"{str(request.base_url).rstrip('/')}/batches/uploads/{handler}?{query}"
+    url = f"{public_base(request)}batches/uploads/{handler}?{query}"
     return JSON({"handler": handler, "url": url, "validity_ts": expires})
 
 

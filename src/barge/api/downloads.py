@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import StreamingResponse
 
-from barge.api.requests import app_of
+from barge.api.requests import app_of, public_base
 from barge.domain.models import BatchRecord
 from barge.domain.permissions import Action, Caller
 from barge.domain.signing import expiry, sign, verify
@@ -53,9 +53,7 @@ def download_object(request: Request, caller: Caller, record: BatchRecord) -> di
         )
     app = app_of(request)
     expires = expiry(time.time(), app.settings.download_url_ttl)
-    base = str(request.base_url)
-    if not base.endswith("/"):
-        base += "/"
+    base = public_base(request)
 
     def link(file_id: str | None) -> str | None:
         if file_id is None:

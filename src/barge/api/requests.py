@@ -18,6 +18,13 @@ def app_of(request: Request) -> App:
     return app
 
 
+def public_base(request: Request) -> str:
+    """The base, ending in '/', of links this server hands out: ``--public-url`` when set
+    (a server behind a proxy), else the host the request came to."""
+    base = app_of(request).settings.public_url or str(request.base_url)
+    return base if base.endswith("/") else base + "/"
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying why not."""
     try:
