@@ -182,6 +182,26 @@ def _ensure_first_key(data_dir: Path) -> None:
         )
 
 
+@cli.command()
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True,
+              envvar="BARGE_URL", show_envvar=True, help="The server to ask.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True)
+def check(url: str, timeout: float) -> None:
+    """Exit 0 when the server answers GET /healthz with 200, 1 otherwise."""
+    import urllib.error
+    import urllib.request
+
+    target = url.rstrip("/") + "/healthz"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as resp:
+            healthy = resp.status == 200
+    except (urllib.error.URLError, OSError) as e:
+        click.echo(f"barge: {target} is not healthy: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{target}: {'healthy' if healthy else 'unhealthy'}")
+    sys.exit(0 if healthy else 1)
+
+
 @cli.group()
 def keys() -> None:
     """Create, list and revoke API keys."""
