@@ -149,6 +149,7 @@ def test_delete_removes_the_file_and_its_bytes(connect: Connect, barge: BargePro
         ("..\\..\\windows\\evil.jsonl", "evil.jsonl"),
         ("/abs/path/input.jsonl", "input.jsonl"),
         ("nul\x00and\nnewline.jsonl", None),
+        ("con.jsonl\x00", None),  # the client percent-encodes the NUL: a label still
     ],
 )
 def test_filename_is_only_a_label(connect: Connect, barge: BargeProcess, tmp_path: Path, given: str,
