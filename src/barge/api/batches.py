@@ -12,7 +12,7 @@ from barge.api.requests import app_of, json_object
 from barge.api.responses import JSON
 from barge.api.submit import BatchRequest, submit_batch
 from barge.domain.permissions import Action, Caller
-from barge.domain.projection import batch_object
+from barge.domain.projection import batch_object, list_object
 from barge.domain.status import TERMINAL, Status, project
 from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
 from barge.engine.purge import purge_batch
@@ -85,16 +85,7 @@ async def list_batches(
         caller.account, after=after, limit=limit, created_after=created_after,
         created_before=created_before,
     )
-    data = [batch_object(b) for b in page.items]
-    return JSON(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": page.has_more,
-        }
-    )
+    return JSON(list_object([batch_object(b) for b in page.items], has_more=page.has_more))
 
 
 @router.get("/{batch_id}")

@@ -15,7 +15,7 @@ from barge.api.uploads import Upload, receive_upload
 from barge.domain.ids import new_file_id
 from barge.domain.models import UPLOAD_PURPOSES, FileRecord
 from barge.domain.permissions import Action, Caller
-from barge.domain.projection import file_object
+from barge.domain.projection import file_object, list_object
 from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
 from barge.exceptions import InvalidRequest
 
@@ -111,16 +111,7 @@ async def list_files(
     page = await app_of(request).store.list_files(
         caller.account, purpose=purpose, limit=limit, order=order, after=after
     )
-    data = [file_object(f) for f in page.items]
-    return JSON(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": page.has_more,
-        }
-    )
+    return JSON(list_object([file_object(f) for f in page.items], has_more=page.has_more))
 
 
 @router.get("/{file_id}")

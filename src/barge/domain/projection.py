@@ -8,6 +8,17 @@ from barge.domain.models import BatchRecord, FileRecord
 from barge.domain.status import project
 
 
+def list_object(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
+    """A cursor page as the SDK's auto-pagination reads it."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
 def file_object(f: FileRecord) -> dict[str, Any]:
     return {
         "id": f.id,
