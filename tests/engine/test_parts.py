@@ -23,7 +23,7 @@ def test_append_take_sync_round_trip(tmp_path: Path) -> None:
     w.append(2, False, rec(2))
     w.append(1, True, rec(1))
     assert w.pending
-    data, completed, failed, done = w.take()
+    data, completed, failed, done, _ = w.take()
     assert (completed, failed, done) == (2, 1, False)
     assert data == b"0 o " + rec(0) + b"\n2 e " + rec(2) + b"\n1 o " + rec(1) + b"\n"
     assert not w.pending  # take empties the buffer
@@ -37,7 +37,7 @@ def test_append_take_sync_round_trip(tmp_path: Path) -> None:
 
     # a second round appends and reports deltas, not totals
     w.append(3, True, rec(3))
-    data2, c2, f2, d2 = w.take()
+    data2, c2, f2, d2, _ = w.take()
     progress2 = w.sync(data2, c2, f2, d2)
     assert progress2 == SliceProgress(0, len(data) + len(data2), 1, 0, False)
     assert [r[0] for r in read_records(part, progress2.committed_bytes)] == [0, 2, 1, 3]
@@ -47,7 +47,7 @@ def test_done_is_reported_once(tmp_path: Path) -> None:
     w = PartWriter(tmp_path / "p.part", 5, 0)
     w.mark_done()
     assert w.pending
-    data, completed, failed, done = w.take()
+    data, completed, failed, done, _ = w.take()
     assert (data, completed, failed, done) == (b"", 0, 0, True)
     assert not w.pending
     assert w.sync(data, completed, failed, done) == SliceProgress(5, 0, 0, 0, True)
@@ -101,7 +101,7 @@ def test_done_map(tmp_path: Path) -> None:
     w = PartWriter(part, 0, 0)
     for i in (0, 3, 7):
         w.append(i, i != 3, rec(i))
-    data, c, f, d = w.take()
+    data, c, f, d, _ = w.take()
     p = w.sync(data, c, f, d)
     assert done_map(part, p.committed_bytes, 8) == bytearray([1, 0, 0, 1, 0, 0, 0, 1])
     assert done_map(part, 0, 8) == bytearray(8)

@@ -78,6 +78,12 @@ def test_kill_9_at_many_points_loses_and_duplicates_nothing(
     assert len(rows) == N
     assert set(ids) == {f"c-{i}" for i in range(N)}
     assert max(ids.values()) == 1
+    # Token usage is counted exactly once too: it equals the sum over the output file.
+    assert final.usage is not None
+    assert final.usage.input_tokens == sum(r["response"]["body"]["usage"]["prompt_tokens"]
+                                           for r in rows)
+    assert final.usage.output_tokens == sum(
+        r["response"]["body"]["usage"]["completion_tokens"] for r in rows)
     # At-least-once to the upstream: only requests in flight or not yet committed at a
     # kill are sent again; the batch never starts over.
     assert N <= upstream.stats.total < N + N // 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from barge.exceptions import StoreUnavailable
-from barge.store.sqlite import SQLiteStore, migrations
+from barge.store.sqlite import SQLiteStore, migrations, split_statements
 
 TABLES = ("files", "batches", "slices", "api_keys")
 _CONSTRAINT_WORDS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"}
@@ -45,7 +45,9 @@ def test_migrations_are_numbered_from_one_without_gaps() -> None:
     assert versions, "there must be at least one migration"
     assert versions == list(range(1, len(versions) + 1))
     for _, sql in found:
-        assert "CREATE" in sql.upper()
+        statements = split_statements(sql)
+        assert statements, "a migration must change the schema"
+        assert all(s.upper().startswith(("CREATE", "ALTER")) for s in statements), statements
 
 
 def test_parser_finds_the_four_tables() -> None:

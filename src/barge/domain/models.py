@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from barge.domain.status import Status
+from barge.domain.usage import NO_USAGE, Usage
 
 # Purposes a client may upload with; Barge itself writes ``batch_output``.
 UPLOAD_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
@@ -83,6 +84,7 @@ class BatchRecord:
     cancelled_at: int | None = None
     output_expiry_seconds: int | None = None  # output_expires_after.seconds, if given
     hash: str | None = None  # SHA-256 the client gave at create, checked before any request
+    usage: Usage = NO_USAGE  # tokens of the results recorded so far
 
     def replace(self, **changes: Any) -> BatchRecord:
         return dataclasses.replace(self, **changes)

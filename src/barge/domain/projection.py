@@ -60,7 +60,7 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
         "cancelling_at": b.cancelling_at,
         "cancelled_at": b.cancelled_at,
         "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
-        "usage": None,
+        "usage": b.usage.as_openai() if b.usage else None,
         "metadata": b.metadata,
         "barge_status": b.status.value,
         "updated_at": b.updated_at,

@@ -13,6 +13,7 @@ import orjson
 
 from barge.domain.ids import new_request_id
 from barge.domain.results import ResultCodes, error_line, output_line
+from barge.domain.usage import NO_USAGE, Usage, usage_of
 from barge.engine.limiter import AdaptiveLimiter, Outcome
 from barge.engine.retry import backoff, is_retryable_status, retry_after
 from barge.exceptions import UpstreamError
@@ -25,6 +26,7 @@ log = logging.getLogger("barge.dispatch")
 class Result:
     ok: bool  # True: an output-file line; False: an error-file line
     line: bytes
+    usage: Usage = NO_USAGE  # tokens the upstream reported for a success
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,8 @@ class Dispatcher:
         if 200 <= reply.status < 300:
             parsed = _json_or_none(reply.body)
             if parsed is not None:
-                return Result(True, output_line(custom_id, reply.status, request_id, parsed))
+                return Result(True, output_line(custom_id, reply.status, request_id, parsed),
+                              usage_of(parsed))
             if not last_try:
                 return None
             return Result(

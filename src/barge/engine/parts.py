@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from barge.domain.usage import NO_USAGE, Usage
 from barge.store.protocol import SliceProgress
 
 OK, ERR = b"o", b"e"
@@ -50,18 +51,21 @@ class PartWriter:
         self._buffer: list[bytes] = []
         self._completed = 0
         self._failed = 0
+        self._usage = NO_USAGE
         self._done = False
         self._done_reported = False
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as fh:  # cut any tail a crash left past the committed length
             fh.truncate(committed)
 
-    def append(self, index: int, ok: bool, line: bytes) -> None:
+    def append(self, index: int, ok: bool, line: bytes, usage: Usage = NO_USAGE) -> None:
         self._buffer.append(b"%d %s %s\n" % (index, OK if ok else ERR, line))
         if ok:
             self._completed += 1
         else:
             self._failed += 1
+        if usage:
+            self._usage += usage
 
     def mark_done(self) -> None:
         self._done = True
@@ -70,16 +74,18 @@ class PartWriter:
     def pending(self) -> bool:
         return bool(self._buffer) or (self._done and not self._done_reported)
 
-    def take(self) -> tuple[bytes, int, int, bool]:
+    def take(self) -> tuple[bytes, int, int, bool, Usage]:
         """Hand over what is buffered (called on the event loop; no await inside)."""
         data = b"".join(self._buffer)
-        taken = (data, self._completed, self._failed, self._done)
-        self._buffer, self._completed, self._failed = [], 0, 0
+        taken = (data, self._completed, self._failed, self._done, self._usage)
+        self._buffer, self._completed, self._failed, self._usage = [], 0, 0, NO_USAGE
         if self._done:
             self._done_reported = True
         return taken
 
-    def sync(self, data: bytes, completed: int, failed: int, done: bool) -> SliceProgress:
+    def sync(
+        self, data: bytes, completed: int, failed: int, done: bool, usage: Usage = NO_USAGE
+    ) -> SliceProgress:
         """Append and fsync (called in a worker thread); the progress to acknowledge."""
         if data:
             with open(self._path, "ab") as fh:
@@ -87,4 +93,4 @@ class PartWriter:
                 fh.flush()
                 os.fsync(fh.fileno())
             self._committed += len(data)
-        return SliceProgress(self.no, self._committed, completed, failed, done)
+        return SliceProgress(self.no, self._committed, completed, failed, done, usage)

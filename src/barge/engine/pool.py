@@ -81,7 +81,8 @@ class WorkerPool:
                 if not job.stopping():  # a stopped batch's queued requests are never sent
                     result = await self._dispatcher.execute(job.raw, job.stopping)
                     if result is not None:
-                        job.tracker.writer.append(job.index, result.ok, result.line)
+                        job.tracker.writer.append(job.index, result.ok, result.line,
+                                                  result.usage)
             except Exception:
                 log.exception("worker failed on a request; it will be sent again on resume")
             finally:

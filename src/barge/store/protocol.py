@@ -10,6 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
 from barge.domain.permissions import Role
 from barge.domain.status import Status
+from barge.domain.usage import NO_USAGE, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class SliceProgress:
     completed: int  # added since the last flush
     failed: int  # added since the last flush
     done: bool
+    usage: Usage = NO_USAGE  # tokens added since the last flush
 
 
 T = TypeVar("T")

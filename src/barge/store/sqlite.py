@@ -16,6 +16,7 @@ import orjson
 from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
 from barge.domain.permissions import Role, make_role
 from barge.domain.status import CANCELLABLE, STAMPS, TERMINAL, Status, can_transition
+from barge.domain.usage import NO_USAGE, Usage
 from barge.exceptions import Conflict, NotFound, StorageError, StoreUnavailable
 from barge.store.protocol import Page, SliceProgress
 
@@ -25,7 +26,8 @@ _BATCH_COLUMNS = (
     "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
     " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
     " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
-    " cancelling_at, cancelled_at, output_expiry_seconds, hash"
+    " cancelling_at, cancelled_at, output_expiry_seconds, hash, input_tokens, output_tokens,"
+    " cached_tokens, reasoning_tokens"
 )
 _FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
 # Columns ``transition``/``finish`` may set besides status and timestamps.
@@ -74,6 +76,8 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
         cancelled_at=row["cancelled_at"],
         output_expiry_seconds=row["output_expiry_seconds"],
         hash=row["hash"],
+        usage=Usage(row["input_tokens"], row["output_tokens"], row["cached_tokens"],
+                    row["reasoning_tokens"]),
     )
 
 
@@ -141,7 +145,7 @@ class SQLiteStore:
         for version, sql in migrations():
             if version > current:
                 db.execute("BEGIN IMMEDIATE")
-                for statement in _statements(sql):
+                for statement in split_statements(sql):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={version}")
                 db.execute("COMMIT")
@@ -467,11 +471,15 @@ class SQLiteStore:
                 [(p.committed_bytes, p.completed, p.failed, int(p.done), batch_id, p.no)
                  for p in progress],
             )
+            usage = sum((p.usage for p in progress), NO_USAGE)
             db.execute(
-                "UPDATE batches SET completed=completed+?, failed=failed+?, updated_at=?"
+                "UPDATE batches SET completed=completed+?, failed=failed+?, updated_at=?,"
+                " input_tokens=input_tokens+?, output_tokens=output_tokens+?,"
+                " cached_tokens=cached_tokens+?, reasoning_tokens=reasoning_tokens+?"
                 " WHERE id=?",
                 (sum(p.completed for p in progress), sum(p.failed for p in progress),
-                 time.time(), batch_id),
+                 time.time(), usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+                 usage.reasoning_tokens, batch_id),
             )
             db.execute("COMMIT")
 
@@ -609,7 +617,7 @@ def _role(row: sqlite3.Row) -> Role:
     return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))
 
 
-def _statements(sql: str) -> list[str]:
+def split_statements(sql: str) -> list[str]:
     """Split a migration file into statements (it holds no triggers or string semicolons)."""
     lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
