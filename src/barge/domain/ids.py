@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import secrets
 
@@ -22,8 +23,14 @@ def new_batch_id() -> str:
     return _new("batch_")
 
 
+# Request ids (one per result line, on the hot path) only need to be unique: a random
+# per-process half and a counter.
+_request_base = f"batch_req_{secrets.randbits(48):012x}"
+_request_counter = itertools.count(_rng.getrandbits(32))
+
+
 def new_request_id() -> str:
-    return _new("batch_req_")
+    return f"{_request_base}{next(_request_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 def new_key_id() -> str:

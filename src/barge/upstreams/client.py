@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from barge.exceptions import UpstreamError
 
@@ -51,6 +52,7 @@ class UpstreamClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -75,7 +77,9 @@ class UpstreamClient:
         session = self._session
         if session is None:
             raise UpstreamConnectionError("The upstream client is closed.")
-        url = join_url(self.base_url, endpoint)
+        url = self._urls.get(endpoint)
+        if url is None:  # parsed once per endpoint, not once per request
+            url = self._urls[endpoint] = URL(join_url(self.base_url, endpoint))
         try:
             # Large bodies go as a stream so aiohttp never writes them in one blocking call.
             payload = io.BytesIO(body) if len(body) > LARGE_BODY else body
