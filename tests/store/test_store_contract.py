@@ -1121,3 +1121,24 @@ class TestAdvance:
         with pytest.raises(Conflict):
             await store.advance(bid, (S.COPYING, S.PROCESSING))  # copying cannot process
         assert (await store.get_batch(None, bid)).status is S.NEW
+
+
+class TestConcurrentWrites:
+    """Writes issued together (which SQLite commits as one group) still succeed or fail
+    one by one: a failing write leaves no trace and takes none of the others with it."""
+
+    @pytest.mark.asyncio
+    async def test_one_failure_among_many_concurrent_writes(self, store: Store) -> None:
+        stuck = await batch_in(store, S.COMPLETED)
+        fresh = [new_batch(ACCT) for _ in range(30)]
+        results = await asyncio.gather(
+            *(store.create_batch(b) for b in fresh[:15]),
+            store.finish(stuck, S.COMPLETED, files=[new_file(ACCT)]),  # not allowed
+            *(store.create_batch(b) for b in fresh[15:]),
+            return_exceptions=True,
+        )
+        assert [type(r) for r in results] == [type(None)] * 15 + [Conflict] + [type(None)] * 15
+        for b in fresh:
+            assert (await store.get_batch(ACCT, b.id)).status is S.NEW
+        assert (await store.get_batch(ACCT, stuck)).status is S.COMPLETED
+        assert await all_files(store, ACCT) == []  # the refused finish published nothing

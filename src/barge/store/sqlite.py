@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +23,8 @@ from barge.exceptions import Conflict, NotFound, StorageError, StoreUnavailable
 from barge.store.protocol import Page, SliceProgress
 
 R = TypeVar("R")
+_Job = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]"]
+MAX_GROUP = 256  # writes that may share one commit
 
 _BATCH_COLUMNS = (
     "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
@@ -90,48 +94,91 @@ def _slice(row: sqlite3.Row) -> Slice:
 
 
 class SQLiteStore:
-    """Writes go through one connection on one worker thread; reads through a second,
-    read-only connection on the event loop, so a client's GET never queues behind the
-    engine's commits (WAL lets readers see the last commit while a write is under way)."""
+    """Writes go through one connection on one writer thread, with group commit: the
+    writes waiting when a transaction starts share it (each in a savepoint of its own, so
+    each succeeds or fails alone) and one fsync makes them all durable; no caller hears of
+    success before that commit. Reads go through a second, read-only connection on the
+    event loop, so a client's GET never queues behind the engine's commits (WAL lets
+    readers see the last commit while a write is under way)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="barge-sqlite")
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     # -- plumbing -------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
-        if self._db is None:
+        """Run ``fn`` as one atomic write; returns once it is committed and durable."""
+        if self._db is None or self._writer is None:
             raise StoreUnavailable("The store is closed.")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._call, fn, False)
+        done: Future[R] = Future()
+        self._jobs.put((fn, done))
+        return await asyncio.wrap_future(done)
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            group = [job]
+            while len(group) < MAX_GROUP:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)  # finish this group, then stop
+                    break
+                group.append(more)
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[_Job]) -> None:
+        db = self._db
+        assert db is not None
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for fn, done in group:
+                db.execute("SAVEPOINT job")
+                try:
+                    result = fn(db)
+                except Exception as e:
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    outcomes.append((done, None, _translate(e)))
+                else:
+                    db.execute("RELEASE job")
+                    outcomes.append((done, result, None))
+            db.execute("COMMIT")
+        except BaseException as e:  # the group as a whole failed: nothing of it stands
+            if db.in_transaction:
+                db.rollback()
+            failure = _translate(e)
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(failure)
+            return
+        for done, result, error in outcomes:
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         # Reads are short indexed lookups that never wait for a writer (WAL): running them
         # on the event loop costs less than the hop to a thread and back, which under
         # load is a whole turn of a busy loop.
-        if self._reader is None:
-            raise StoreUnavailable("The store is closed.")
-        return self._call(fn, True)
-
-    def _call(self, fn: Callable[[sqlite3.Connection], R], read: bool) -> R:
-        db = self._reader if read else self._db
+        db = self._reader
         if db is None:
             raise StoreUnavailable("The store is closed.")
         try:
             return fn(db)
         except sqlite3.OperationalError as e:
-            if db.in_transaction:
-                db.rollback()
-            if "full" in str(e):
-                raise StorageError("The disk holding the database is full.") from e
-            raise StoreUnavailable(f"The database failed: {e}") from e
-        except BaseException:
-            if db.in_transaction:
-                db.rollback()
-            raise
+            raise _translate(e) from e
 
     def _connect(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +208,9 @@ class SQLiteStore:
             await loop.run_in_executor(self._thread, self._connect)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"Cannot open the database at {self._path}: {e}") from e
+        self._writer = threading.Thread(target=self._write_loop, name="barge-sqlite-writer",
+                                        daemon=True)
+        self._writer.start()
 
     async def close(self) -> None:
         if self._db is None:
@@ -174,6 +224,10 @@ class SQLiteStore:
             self._db = self._reader = None
 
         loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            self._jobs.put(None)
+            await loop.run_in_executor(self._thread, self._writer.join)
+            self._writer = None
         await loop.run_in_executor(self._thread, _close)
         self._thread.shutdown(wait=True)
 
@@ -229,7 +283,6 @@ class SQLiteStore:
 
     async def delete_file(self, account: str, file_id: str) -> None:
         def q(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
             row = db.execute(
                 "SELECT 1 FROM files WHERE id=? AND account=?", (file_id, account)
             ).fetchone()
@@ -247,7 +300,6 @@ class SQLiteStore:
                     param="file_id",
                 )
             db.execute("DELETE FROM files WHERE id=?", (file_id,))
-            db.execute("COMMIT")
 
         await self._run(q)
 
@@ -375,30 +427,24 @@ class SQLiteStore:
         **fields: Any,
     ) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
-            db.execute("BEGIN IMMEDIATE")
             b = self._transition(db, batch_id, to, only_from, fields)
-            db.execute("COMMIT")
             return b
 
         return await self._run(q)
 
     async def advance(self, batch_id: str, path: Sequence[Status]) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
-            db.execute("BEGIN IMMEDIATE")
             b = self._get_batch(db, None, batch_id)
             for status in path:
                 b = self._transition(db, batch_id, status, None, {})
-            db.execute("COMMIT")
             return b
 
         return await self._run(q)
 
     async def request_cancel(self, account: str, batch_id: str) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
-            db.execute("BEGIN IMMEDIATE")
             b = self._get_batch(db, account, batch_id)
             if b.status in (Status.CANCEL, Status.CANCELLING):
-                db.execute("COMMIT")
                 return b
             if b.status not in CANCELLABLE:
                 raise Conflict(
@@ -407,7 +453,6 @@ class SQLiteStore:
                     code="invalid_status",
                 )
             b = self._transition(db, batch_id, Status.CANCEL, None, {})
-            db.execute("COMMIT")
             return b
 
         return await self._run(q)
@@ -416,7 +461,6 @@ class SQLiteStore:
         self, batch_id: str, *, slices: Sequence[Slice], total: int, model: str | None
     ) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
-            db.execute("BEGIN IMMEDIATE")
             b = self._transition(
                 db, batch_id, Status.PROCESSING, (Status.VALIDATING,),
                 {"total": total, "model": model},
@@ -428,7 +472,6 @@ class SQLiteStore:
                 [(batch_id, s.no, s.start_line, s.n_lines, s.start_offset, s.end_offset)
                  for s in slices],
             )
-            db.execute("COMMIT")
             return b
 
         return await self._run(q)
@@ -437,7 +480,6 @@ class SQLiteStore:
         self, batch_id: str, *, errors: Sequence[LineError], total: int
     ) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
-            db.execute("BEGIN IMMEDIATE")
             b = self._transition(
                 db, batch_id, Status.VALIDATION_FAILED, (Status.VALIDATING,), {"total": total}
             )
@@ -445,7 +487,6 @@ class SQLiteStore:
                 "UPDATE batches SET errors=? WHERE id=?",
                 (orjson.dumps([e.as_dict() for e in errors]).decode(), batch_id),
             )
-            db.execute("COMMIT")
             return b.replace(errors=list(errors))
 
         return await self._run(q)
@@ -464,7 +505,6 @@ class SQLiteStore:
 
     async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
         def q(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "UPDATE slices SET committed_bytes=?, completed=completed+?, failed=failed+?,"
                 " done=? WHERE batch_id=? AND no=?",
@@ -481,7 +521,6 @@ class SQLiteStore:
                  time.time(), usage.input_tokens, usage.output_tokens, usage.cached_tokens,
                  usage.reasoning_tokens, batch_id),
             )
-            db.execute("COMMIT")
 
         await self._run(q)
 
@@ -489,7 +528,6 @@ class SQLiteStore:
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
     ) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
-            db.execute("BEGIN IMMEDIATE")
             for f in files:
                 db.execute(
                     f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -497,7 +535,6 @@ class SQLiteStore:
                      f.expires_at, f.lines),
                 )
             b = self._transition(db, batch_id, to, None, fields)
-            db.execute("COMMIT")
             return b
 
         return await self._run(q)
@@ -514,7 +551,6 @@ class SQLiteStore:
 
     async def delete_batch(self, batch_id: str) -> None:
         def q(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
             b = self._get_batch(db, None, batch_id)
             if b.status is not Status.DELETING:
                 raise Conflict(f"Batch {batch_id} is not being deleted.", param="batch_id")
@@ -522,7 +558,6 @@ class SQLiteStore:
                 if file_id is not None:
                     db.execute("DELETE FROM files WHERE id=?", (file_id,))
             db.execute("DELETE FROM batches WHERE id=?", (batch_id,))
-            db.execute("COMMIT")
 
         await self._run(q)
 
@@ -615,6 +650,15 @@ class SQLiteStore:
 
 def _role(row: sqlite3.Row) -> Role:
     return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))
+
+
+def _translate(e: BaseException) -> BaseException:
+    """A driver error as Barge's own; Barge's own errors pass as they are."""
+    if isinstance(e, sqlite3.OperationalError):
+        if "full" in str(e):
+            return StorageError("The disk holding the database is full.")
+        return StoreUnavailable(f"The database failed: {e}")
+    return e
 
 
 def split_statements(sql: str) -> list[str]:
