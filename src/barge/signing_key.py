@@ -8,6 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
+from barge.blobs.local import fsync_dir
 from barge.exceptions import BargeError
 
 KEY_FILE = "signing.key"
@@ -47,8 +48,4 @@ def _create(path: Path) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)

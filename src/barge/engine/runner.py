@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -55,11 +56,7 @@ class BatchRun:
         self._flush_lock = asyncio.Lock()
         self._broken = False
 
-    @property
     def stopping(self) -> bool:
-        return self.stop_reason is not None
-
-    def is_stopping(self) -> bool:
         return self.stop_reason is not None
 
     def stop(self, reason: str) -> None:
@@ -154,15 +151,13 @@ class Engine:
                     continue
                 task = asyncio.create_task(self._drive(b.id), name=f"drive-{b.id}")
                 self._drivers[b.id] = task
-                task.add_done_callback(self._forget_driver)
+                task.add_done_callback(functools.partial(self._forget_driver, b.id))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
-    def _forget_driver(self, task: asyncio.Task[None]) -> None:
-        for batch_id, t in list(self._drivers.items()):
-            if t is task:
-                del self._drivers[batch_id]
+    def _forget_driver(self, batch_id: str, _: asyncio.Task[None]) -> None:
+        self._drivers.pop(batch_id, None)
 
     # -- one batch ---------------------------------------------------------------
 
@@ -277,7 +272,7 @@ class Engine:
         try:
             async with asyncio.TaskGroup() as group:
                 for s in todo:
-                    if run.stopping:
+                    if run.stopping():
                         break
                     tracker = await self._enqueue_slice(run, s, input_path)
                     group.create_task(self._close_slice(run, tracker))
@@ -324,16 +319,16 @@ class Engine:
                 raw = fh.readline()
                 if done[i] or is_blank(raw):
                     continue
-                if run.stopping:
+                if run.stopping():
                     break
-                await self._pool.submit(Job(run.is_stopping, tracker, i, raw))
+                await self._pool.submit(Job(run.stopping, tracker, i, raw))
         return tracker
 
     @staticmethod
     async def _close_slice(run: BatchRun, tracker: SliceTracker) -> None:
         """Once a slice's last request has its result, mark it done (unless stopped)."""
         await tracker.drained()
-        if not run.stopping:
+        if not run.stopping():
             tracker.writer.mark_done()
 
     async def _finish(self, b: BatchRecord, to: Status, *, expire_rest: bool) -> None:

@@ -479,17 +479,9 @@ class SQLiteStore:
     async def fail_validation(
         self, batch_id: str, *, errors: Sequence[LineError], total: int
     ) -> BatchRecord:
-        def q(db: sqlite3.Connection) -> BatchRecord:
-            b = self._transition(
-                db, batch_id, Status.VALIDATION_FAILED, (Status.VALIDATING,), {"total": total}
-            )
-            db.execute(
-                "UPDATE batches SET errors=? WHERE id=?",
-                (orjson.dumps([e.as_dict() for e in errors]).decode(), batch_id),
-            )
-            return b.replace(errors=list(errors))
-
-        return await self._run(q)
+        return await self.transition(batch_id, Status.VALIDATION_FAILED,
+                                     only_from=(Status.VALIDATING,), total=total,
+                                     errors=list(errors))
 
     async def list_slices(self, batch_id: str) -> list[Slice]:
         def q(db: sqlite3.Connection) -> list[Slice]:
