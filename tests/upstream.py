@@ -1,7 +1,21 @@
 """Loopback OpenAI-compatible upstream used by Barge's tests and benchmarks.
 
 Per-request behaviour is driven by a top-level ``"x_mock"`` dict in the request
-body (see ``UpstreamServer._handle``); server-wide behaviour by ``UpstreamConfig``.
+body (see ``UpstreamServer._handle`` and ``_behave``); server-wide behaviour by
+``UpstreamConfig``. Hostile answers, for tests of what Barge does with them:
+
+- ``raw_body``: str — answer exactly these bytes (UTF-8), with ``status`` (default 200);
+- ``usage``: any — replaces the ``usage`` of the normal answer, verbatim;
+- ``echo``: true — a 200 whose ``echo`` member is the request body, byte for byte;
+- ``redirect``: URL — a ``redirect_status`` (default 302) pointing there;
+- ``endless``: true — a 200 JSON-looking body that never ends (streamed, chunked; or
+  with ``declared_length`` as its Content-Length); ends when the client goes away;
+- ``gzip_bomb``: MiB — ``Content-Encoding: gzip`` of that many MiB of zeros, a few KB per
+  GiB on the wire, with its (small) compressed Content-Length; streamed, never inflated;
+- ``gzip``: true — the normal answer, gzip-encoded; ``chunked``: true — the normal
+  answer sent chunked, without a Content-Length;
+- ``gather``: n — hold the answer until n requests carrying ``gather: n`` are being
+  served at once (at most 10 s), so that many are in flight together.
 Run standalone: ``python tests/upstream.py --port 0`` prints ``LISTENING <port>``.
 """
 
@@ -10,12 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import gzip
 import hashlib
 import itertools
 import signal
+import struct
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +74,26 @@ class UpstreamStats:
         """Zero everything except the live in_flight/queued gauges."""
         fresh = UpstreamStats(in_flight=self.in_flight, queued=self.queued)
         self.__dict__.update(fresh.__dict__)
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(mib: int) -> bytes:
+    """A valid gzip stream of ``mib`` MiB of zeros, built without compressing them all:
+    after a full flush the compressor's output for the same input repeats, so one
+    block is repeated, then the final empty block and the trailer (CRC-32, size) close it.
+    About 1 KiB per MiB. Cached: call it once beforehand to keep it off a serving loop."""
+    zeros = bytes(1 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    head = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    trailer = b"\x03\x00" + struct.pack("<II", crc, (mib << 20) & 0xFFFFFFFF)
+    return b"".join([head, block * (mib - 1), trailer])
+
+
+ENDLESS_CHUNK = b"a" * 65536
 
 
 def _error_body(status: int, message: str) -> bytes:
@@ -136,6 +174,8 @@ class UpstreamServer:
         self.shutdown_timeout = shutdown_timeout
         self._ids = itertools.count(1)
         self._slots: tuple[int, asyncio.Semaphore] | None = None
+        self._gathering: Counter[int] = Counter()
+        self._gathered: dict[int, asyncio.Event] = {}
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set when running in a thread
         self.app = self._make_app()
@@ -271,14 +311,20 @@ class UpstreamServer:
             wait = cfg.latency + float(mock.get("delay", 0))
             if wait > 0:
                 await asyncio.sleep(wait)
-            return await self._behave(request, endpoint, body, mock, attempt, rid)
+            if mock.get("gather"):
+                await self._gather(int(mock["gather"]))
+            return await self._behave(request, endpoint, body, mock, attempt, rid, raw)
         finally:
             st.in_flight -= 1
             if sem is not None:
                 sem.release()
 
     async def _behave(self, request: web.Request, endpoint: str, body: dict[str, Any],
-                      mock: dict[str, Any], attempt: int, rid: int) -> web.StreamResponse:
+                      mock: dict[str, Any], attempt: int, rid: int,
+                      raw: bytes = b"") -> web.StreamResponse:
+        hostile = await self._hostile(request, mock, rid, raw)
+        if hostile is not None:
+            return hostile
         status = mock.get("status")
         fail_times = mock.get("fail_times")
         if status is not None and (fail_times is None or attempt <= int(fail_times)):
@@ -294,14 +340,74 @@ class UpstreamServer:
         if mock.get("empty"):
             return self._respond(200, b"", rid)
         payload = _success_body(endpoint, body, mock, rid)
+        if "usage" in mock:
+            payload["usage"] = mock["usage"]
         if mock.get("huge_bytes"):
             pad = int(mock["huge_bytes"]) - len(orjson.dumps(payload)) - 16
             payload["x_padding"] = "x" * max(pad, 0)
         data = orjson.dumps(payload)
+        if mock.get("gzip"):
+            return self._respond(200, gzip.compress(data), rid,
+                                 headers={"Content-Encoding": "gzip"})
+        if mock.get("chunked"):
+            return await self._pour(request, rid, itertools.repeat(data, 1))
         if mock.get("close_mid_body") or mock.get("slow_body"):
             return await self._stream(request, data, rid, bool(mock.get("close_mid_body")),
                                       float(mock.get("slow_body") or 0))
         return self._respond(200, data, rid)
+
+    async def _gather(self, n: int, timeout: float = 10.0) -> None:
+        self._gathering[n] += 1
+        event = self._gathered.setdefault(n, asyncio.Event())
+        if self._gathering[n] >= n:
+            event.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _hostile(self, request: web.Request, mock: dict[str, Any], rid: int,
+                       raw: bytes) -> web.StreamResponse | None:
+        """The misbehaving answers (module docstring), or None for the others."""
+        if mock.get("redirect"):
+            status = int(mock.get("redirect_status", 302))
+            return self._respond(status, b"", rid, headers={"Location": str(mock["redirect"])})
+        if mock.get("echo"):
+            return self._respond(200, b'{"id": "echo", "object": "chat.completion", "echo": '
+                                 + raw + b"}", rid)
+        if "raw_body" in mock:
+            status = int(mock.get("status", 200))
+            return self._respond(status, str(mock["raw_body"]).encode(), rid)
+        if mock.get("endless"):
+            pieces = itertools.chain([b'{"id": "endless", "x": "'], itertools.repeat(ENDLESS_CHUNK))
+            length = mock.get("declared_length")
+            return await self._pour(request, rid, pieces, int(length) if length else None)
+        if mock.get("gzip_bomb"):
+            data = gzip_bomb(int(mock["gzip_bomb"]))
+            step = 16384
+            pieces = (data[i: i + step] for i in range(0, len(data), step))
+            return await self._pour(request, rid, pieces, len(data), {"Content-Encoding": "gzip"})
+        return None
+
+    async def _pour(self, request: web.Request, rid: int, pieces: Iterator[bytes],
+                    length: int | None = None,
+                    headers: dict[str, str] | None = None) -> web.StreamResponse:
+        """A 200 streamed piece by piece (chunked when ``length`` is None), never held
+        whole; stops quietly when the client hangs up."""
+        resp = web.StreamResponse(status=200, headers={"x-request-id": f"req_{rid}",
+                                                       "Content-Type": "application/json",
+                                                       **(headers or {})})
+        if length is not None:
+            resp.content_length = length
+        else:
+            resp.enable_chunked_encoding()
+        self.stats.by_status[200] += 1
+        await resp.prepare(request)
+        try:
+            for piece in pieces:
+                await resp.write(piece)
+            await resp.write_eof()
+        except ConnectionError:  # the client stopped reading and closed: what we wanted
+            pass
+        return resp
 
     async def _stream(self, request: web.Request, data: bytes, rid: int, truncate: bool,
                       duration: float) -> web.StreamResponse:

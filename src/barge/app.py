@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import stat
 from pathlib import Path
 from types import TracebackType
 from typing import TextIO
@@ -18,36 +20,104 @@ from barge.exceptions import BargeError
 from barge.settings import Settings
 from barge.signing_key import load_signing_secret
 from barge.store.sqlite import SQLiteStore
-from barge.upstreams.client import UpstreamClient
+from barge.upstreams.health import UpstreamHealth, UpstreamProbe, WatchedUpstreamClient
 
 log = logging.getLogger("barge")
 
 
+LOCK_FILE = "engine.lock"
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+_claimed: dict[Path, TextIO] = {}  # locks taken before their App was made, by data dir
+
+
 def hold_engine_lock(data_dir: Path) -> TextIO:
     """One engine per data directory: two would send every request twice. The lock
-    dies with the process, so a crashed engine never blocks its successor."""
-    handle = open(data_dir / "engine.lock", "a")  # noqa: SIM115 - held until close
+    dies with the process, so a crashed engine never blocks its successor. The lock
+    file holds the holder's pid, which the refusal names."""
+    claimed = _claimed.pop(data_dir.resolve(), None)
+    if claimed is not None:
+        return claimed
+    try:
+        handle = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until close
+    except OSError as e:
+        raise BargeError(f"Cannot open {data_dir / LOCK_FILE}: {e.strerror}.") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read(32).strip()
         handle.close()
+        holder = f" (pid {pid})" if pid.isdigit() else ""
         raise BargeError(
-            f"Another barge process runs the engine on {data_dir}; stop it first."
+            f"Another barge process runs the engine on {data_dir}{holder}; stop it first."
         ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
     return handle
+
+
+def claim_engine_lock(data_dir: Path) -> None:
+    """Take the data directory's lock now, before anything else starts (``barge serve``
+    refuses at once, with one clear line); the App made later in this process takes it
+    over."""
+    key = data_dir.resolve()
+    if key not in _claimed:
+        _claimed[key] = hold_engine_lock(data_dir)
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data directory, private to its owner (0700), and make sure it can be
+    written; what an older version left readable to others is made private too. Every
+    file Barge creates is private as well: ``barge`` runs under umask 077."""
+    try:
+        data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    except OSError as e:
+        raise BargeError(
+            f"Cannot create the data directory {data_dir}: {e.strerror or e}."
+        ) from None
+    if not data_dir.is_dir():
+        raise BargeError(f"The data directory {data_dir} is not a directory.")
+    probe = data_dir / f".write-test-{os.getpid()}"
+    try:
+        probe.touch(mode=PRIVATE_FILE)
+        probe.unlink()
+    except OSError as e:
+        raise BargeError(
+            f"The data directory {data_dir} is not writable: {e.strerror or e}."
+        ) from None
+    make_private(data_dir)
+
+
+def make_private(root: Path) -> None:
+    """Take group and other permissions off ``root`` and everything under it that this
+    user owns (directories 0700, files 0600); symbolic links are left alone."""
+    uid = os.geteuid()
+    for path in (root, *root.rglob("*")):
+        try:
+            st = path.lstat()
+            if st.st_uid != uid or not st.st_mode & 0o077 or stat.S_ISLNK(st.st_mode):
+                continue
+            os.chmod(path, PRIVATE_DIR if stat.S_ISDIR(st.st_mode) else PRIVATE_FILE)
+        except OSError as e:
+            log.warning("could not make %s private: %s", path, e.strerror or e)
 
 
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(settings.data_dir)
         self.store = SQLiteStore(settings.db_path)
         self.blobs = LocalBlobs(settings.files_dir, settings.tmp_dir)
-        self.client = UpstreamClient(
+        self.upstream_health = UpstreamHealth(settings.upstream)
+        self.client = WatchedUpstreamClient(
+            self.upstream_health,
             settings.upstream,
             api_key=settings.upstream_api_key,
             timeout=settings.upstream_timeout,
             max_connections=settings.upstream_concurrency,
+            max_response_bytes=settings.max_response_bytes,
         )
         self.dispatcher = Dispatcher(
             self.client,
@@ -60,6 +130,8 @@ class App:
         self.auth = Authenticator(self.store, settings.admin_key)
         self.signing_secret = load_signing_secret(settings.data_dir, settings.signing_secret)
         self._lock: TextIO | None = None
+        self._probe = UpstreamProbe(self.upstream_health, settings.upstream,
+                                    settings.upstream_api_key, settings.upstream_probe_interval)
 
     async def __aenter__(self) -> App:
         if self.engine is not None:
@@ -67,8 +139,13 @@ class App:
         await self.store.open()
         self.blobs.clear_tmp()
         await self.client.open()
+        self._probe.start()
         if self.engine is not None:
             await self.engine.start()
+        s = self.settings
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        log.info("serving on http://%s:%d/v1 (data in %s), upstream %s", host, s.port,
+                 s.data_dir, s.upstream)
         return self
 
     async def __aexit__(
@@ -79,6 +156,7 @@ class App:
     ) -> None:
         if self.engine is not None:
             await self.engine.stop(self.settings.shutdown_grace)
+        await self._probe.stop()
         await self.client.close()
         await self.store.close()
         if self._lock is not None:

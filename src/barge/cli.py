@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,12 +38,17 @@ def server_options(f: F) -> F:
     options = [
         click.option("--host", default=d.host, show_default=True, envvar="BARGE_HOST",
                      show_envvar=True, help="Address to listen on."),
-        click.option("--port", type=int, default=d.port, show_default=True,
+        click.option("--port", type=click.IntRange(1, 65535), default=d.port, show_default=True,
                      envvar="BARGE_PORT", show_envvar=True, help="Port to listen on."),
         data_dir_option,
         click.option("--upstream", default=d.upstream, show_default=True,
                      envvar="BARGE_UPSTREAM", show_envvar=True,
                      help="Base URL of the OpenAI-compatible upstream, ending in /v1."),
+        click.option("--upstream-probe-interval", type=click.FloatRange(0.0),
+                     default=d.upstream_probe_interval, show_default=True,
+                     envvar="BARGE_UPSTREAM_PROBE_INTERVAL", show_envvar=True,
+                     help="Seconds between checks that the upstream answers (GET /models, "
+                          "shown in /healthz); 0 turns them off."),
         click.option("--upstream-api-key", default=None, envvar="BARGE_UPSTREAM_API_KEY",
                      show_envvar=True, help="Bearer key sent to the upstream, if it needs one."),
         click.option("--upstream-concurrency", type=click.IntRange(1, 100_000),
@@ -58,6 +64,11 @@ def server_options(f: F) -> F:
         click.option("--backoff-base", type=click.FloatRange(0.0), default=d.backoff_base,
                      show_default=True, envvar="BARGE_BACKOFF_BASE", show_envvar=True,
                      help="Seconds; retry n waits up to base * 2**(n-1), with full jitter."),
+        click.option("--max-response-bytes", type=click.IntRange(1),
+                     default=d.max_response_bytes, show_default=True,
+                     envvar="BARGE_MAX_RESPONSE_BYTES", show_envvar=True,
+                     help="Largest upstream answer, in bytes after decompression; a larger "
+                          "one fails its request (upstream_response_too_large)."),
         click.option("--endpoints", default=",".join(DEFAULT_ENDPOINTS), show_default=True,
                      envvar="BARGE_ENDPOINTS", show_envvar=True,
                      help="Comma-separated endpoints a batch may target."),
@@ -70,6 +81,17 @@ def server_options(f: F) -> F:
         click.option("--max-file-bytes", type=click.IntRange(1), default=d.max_file_bytes,
                      show_default=True, envvar="BARGE_MAX_FILE_BYTES", show_envvar=True,
                      help="Largest upload, in bytes."),
+        click.option("--max-active-batches", type=click.IntRange(1),
+                     default=d.max_active_batches, show_default=True,
+                     envvar="BARGE_MAX_ACTIVE_BATCHES", show_envvar=True,
+                     help="Most batches validating or sending requests at once; the rest "
+                          "wait, slots going to the account with the fewest running (an "
+                          "account with none running always gets one)."),
+        click.option("--max-active-batches-per-account", type=click.IntRange(1),
+                     default=d.max_active_batches_per_account, show_default=True,
+                     envvar="BARGE_MAX_ACTIVE_BATCHES_PER_ACCOUNT", show_envvar=True,
+                     help="Most of one account's batches running at once; its others wait "
+                          "in creation order."),
         click.option("--shutdown-grace", type=click.FloatRange(0.0), default=d.shutdown_grace,
                      show_default=True, envvar="BARGE_SHUTDOWN_GRACE", show_envvar=True,
                      help="Seconds in-flight requests get to finish on SIGTERM."),
@@ -84,6 +106,26 @@ def server_options(f: F) -> F:
         click.option("--public-url", default=None, envvar="BARGE_PUBLIC_URL", show_envvar=True,
                      help="Base URL clients reach this server at, for the links it hands "
                           "out (default: the host each request came to)."),
+        click.option("--max-json-bytes", type=click.IntRange(1), default=d.max_json_bytes,
+                     show_default=True, envvar="BARGE_MAX_JSON_BYTES", show_envvar=True,
+                     help="Largest JSON request body, in bytes (a larger one gets 413)."),
+        click.option("--max-header-bytes", type=click.IntRange(256),
+                     default=d.max_header_bytes, show_default=True,
+                     envvar="BARGE_MAX_HEADER_BYTES", show_envvar=True,
+                     help="Largest request line and headers, in bytes (431 beyond)."),
+        click.option("--max-connections", type=click.IntRange(1), default=d.max_connections,
+                     show_default=True, envvar="BARGE_MAX_CONNECTIONS", show_envvar=True,
+                     help="Most open client connections; past it the oldest idle one is "
+                          "closed, or the new one refused when none is idle."),
+        click.option("--header-timeout", type=click.FloatRange(0.01),
+                     default=d.header_timeout, show_default=True,
+                     envvar="BARGE_HEADER_TIMEOUT", show_envvar=True,
+                     help="Seconds a connection gets to send a request's headers, from its "
+                          "start or from the first byte of a later request."),
+        click.option("--keep-alive-timeout", type=click.IntRange(1),
+                     default=d.keep_alive_timeout, show_default=True,
+                     envvar="BARGE_KEEP_ALIVE_TIMEOUT", show_envvar=True,
+                     help="Seconds an idle keep-alive connection stays open."),
         click.option("--log-level", default="info", show_default=True,
                      envvar="BARGE_LOG_LEVEL", show_envvar=True,
                      type=click.Choice(["debug", "info", "warning", "error"])),
@@ -100,19 +142,28 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         port=options["port"],
         upstream=options["upstream"],
         upstream_api_key=options["upstream_api_key"],
+        upstream_probe_interval=options["upstream_probe_interval"],
         upstream_concurrency=options["upstream_concurrency"],
         upstream_timeout=options["upstream_timeout"],
         max_attempts=options["max_attempts"],
         backoff_base=options["backoff_base"],
+        max_response_bytes=options["max_response_bytes"],
         endpoints=_csv(options["endpoints"]),
         completion_windows=_csv(options["completion_windows"]),
         max_requests=options["max_requests"],
         max_file_bytes=options["max_file_bytes"],
         shutdown_grace=options["shutdown_grace"],
+        max_active_batches=options["max_active_batches"],
+        max_active_batches_per_account=options["max_active_batches_per_account"],
         admin_key=admin_key,
         signing_secret=options["signing_secret"],
         download_url_ttl=options["download_url_ttl"],
         public_url=options["public_url"],
+        max_json_bytes=options["max_json_bytes"],
+        max_header_bytes=options["max_header_bytes"],
+        max_connections=options["max_connections"],
+        header_timeout=options["header_timeout"],
+        keep_alive_timeout=options["keep_alive_timeout"],
     )
 
 
@@ -142,7 +193,10 @@ def cli() -> None:
 
 
 def main() -> None:
-    """The entry point: Barge's own errors end the command with their message, exit 1."""
+    """The entry point: Barge's own errors end the command with their message, exit 1.
+    Everything Barge writes is private to its user (files 0600, directories 0700),
+    whatever the umask it was started with."""
+    os.umask(0o077)
     try:
         cli()
     except BargeError as e:
@@ -157,20 +211,30 @@ def main() -> None:
               help="A key with every permission (never stored).")
 def serve(admin_key: str | None, **options: Any) -> None:
     """Run the API server and the batch engine."""
+    from barge.app import claim_engine_lock, prepare_data_dir
     from barge.runserver import run
+    from barge.signing_key import load_signing_secret
+    from barge.startup import check_settings, listen_socket
 
     _setup_logging(options["log_level"])
     settings = settings_from(options, admin_key)
-    if admin_key is None:
-        _ensure_first_key(settings.data_dir)
-    run(settings, log_level=options["log_level"])
+    # Everything that can stop the start is checked before anything starts, each ending
+    # the command with one clear line (a BargeError) rather than a traceback.
+    check_settings(settings)
+    prepare_data_dir(settings.data_dir)
+    claim_engine_lock(settings.data_dir)
+    load_signing_secret(settings.data_dir, settings.signing_secret)
+    sock = listen_socket(settings.host, settings.port)
+    _ensure_first_key(settings.data_dir, make=admin_key is None)
+    run(settings, log_level=options["log_level"], sock=sock)
 
 
-def _ensure_first_key(data_dir: Path) -> None:
-    """With no admin key and no stored key, make one admin key and print it once."""
+def _ensure_first_key(data_dir: Path, *, make: bool = True) -> None:
+    """Open the store (bringing its schema up to date) and, with no admin key and no
+    stored key (``make``), make one admin key and print it once."""
 
     async def work(store: SQLiteStore) -> str | None:
-        if await store.list_keys():
+        if not make or await store.list_keys():
             return None
         _, secret = await create_key(store, name="first-admin", role="admin", account="default")
         return secret
@@ -178,7 +242,10 @@ def _ensure_first_key(data_dir: Path) -> None:
     secret = _run_with_store(data_dir, work)
     if secret is not None:
         click.echo(
-            f"No keys yet: created an admin key (shown only now).\n  {secret}", err=True
+            "No keys yet: created an admin key of account 'default' (shown only now):\n"
+            f"  {secret}\n"
+            "Use it as OPENAI_API_KEY with the openai SDK, and as $ADMIN in the README's "
+            "admin examples.", err=True,
         )
 
 
@@ -248,11 +315,14 @@ def keys_revoke(data_dir: Path, key_id: str) -> None:
               help="How many requests the example batch holds.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the demo's data here (default: a temporary folder).")
-def demo(n: int, data_dir: Path | None) -> None:
+@click.option("--keep-running", is_flag=True,
+              help="Afterwards leave Barge and the simulated upstream running, and print "
+                   "how to use them from another terminal, until Ctrl-C or SIGTERM.")
+def demo(n: int, data_dir: Path | None, keep_running: bool) -> None:
     """Run a server and a simulated upstream, submit an example batch, show the results."""
     from barge.demo import run_demo
 
-    run_demo(n, data_dir)
+    run_demo(n, data_dir, keep_running)
 
 
 if __name__ == "__main__":

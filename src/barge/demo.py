@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 
 import aiohttp
 import click
@@ -78,11 +80,26 @@ async def _client_walkthrough(base: str, n: int, where: str) -> None:
                 answer = row["response"]["body"]["choices"][0]["message"]["content"]
                 click.echo(f"   {row['custom_id']}: {answer}")
         click.echo(f"\nData directory: {where} (barge.db holds the state, files/ the bytes).")
-        click.echo("Point the official SDK at it:  OpenAI(base_url=..., api_key=...) as in the"
-                   " README.")
 
 
-async def _demo(n: int, data_dir: Path, where: str) -> None:
+def _how_to_use(base: str, upstream: str) -> str:
+    """The commands that use the running demo from another terminal, verbatim."""
+    return "\n".join([
+        "",
+        "Barge and the simulated upstream keep running; Ctrl-C (or SIGTERM) stops both.",
+        "Use them from another terminal:",
+        "",
+        f"  export OPENAI_BASE_URL={base}",
+        f"  export OPENAI_API_KEY={DEMO_KEY}",
+        "  python -c 'from openai import OpenAI; "
+        "print([(b.id, b.status) for b in OpenAI().batches.list()])'",
+        f"  curl -s {base}/batches -H 'Authorization: Bearer {DEMO_KEY}'",
+        "",
+        f"The simulated upstream alone: {upstream} (e.g. barge serve --upstream {upstream}).",
+    ])
+
+
+async def _demo(n: int, data_dir: Path, where: str, keep_running: bool = False) -> None:
     sim_port, port = _free_port(), _free_port()
     runner = web.AppRunner(simulator_app(), access_log=None)
     await runner.setup()
@@ -98,18 +115,38 @@ async def _demo(n: int, data_dir: Path, where: str) -> None:
                 await serving
                 raise click.ClickException("the Barge server did not start")
             await asyncio.sleep(0.05)
-        click.echo(f"Barge on http://127.0.0.1:{port}/v1 (key {DEMO_KEY}), simulated upstream"
-                   f" on http://127.0.0.1:{sim_port}/v1\n")
-        await _client_walkthrough(f"http://127.0.0.1:{port}/v1", n, where)
+        base, upstream = f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{sim_port}/v1"
+        click.echo(f"Barge on {base} (key {DEMO_KEY}), simulated upstream on {upstream}\n")
+        try:
+            await _client_walkthrough(base, n, where)
+        except aiohttp.ClientError:
+            if not server.should_exit:
+                raise
+            return  # stopped (Ctrl-C or SIGTERM) while the walkthrough ran
+        if not keep_running:
+            click.echo("Point the official SDK at it:  OpenAI(base_url=..., api_key=...) as in "
+                       "the README, or run barge demo --keep-running.")
+            return
+        click.echo(_how_to_use(base, upstream))
+        await serving  # until Ctrl-C or SIGTERM: uvicorn stops on either
+        click.echo("Stopped Barge and the simulated upstream.")
     finally:
         server.should_exit = True
         await serving
         await runner.cleanup()
 
 
-def run_demo(n: int, data_dir: Path | None) -> None:
+def _after_stop(signum: int, frame: FrameType | None) -> None:
+    """uvicorn stops on SIGINT/SIGTERM and then raises the signal again under the
+    handlers it found at start: with this one, that ends the demo cleanly (status 0)."""
+
+
+def run_demo(n: int, data_dir: Path | None, keep_running: bool = False) -> None:
+    signal.signal(signal.SIGTERM, _after_stop)
+    signal.signal(signal.SIGINT, _after_stop)
     if data_dir is not None:
-        asyncio.run(_demo(n, data_dir, str(data_dir)))
+        asyncio.run(_demo(n, data_dir, str(data_dir), keep_running))
         return
     with tempfile.TemporaryDirectory(prefix="barge-demo-") as tmp:
-        asyncio.run(_demo(n, Path(tmp), f"{tmp}, removed on exit; --data-dir keeps one"))
+        asyncio.run(_demo(n, Path(tmp), f"{tmp}, removed on exit; --data-dir keeps one",
+                          keep_running))

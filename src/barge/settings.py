@@ -27,6 +27,8 @@ class Settings:
     max_attempts: int = 5  # per request, the first included
     backoff_base: float = 0.5  # seconds; the cap grows as base * 2**attempt
     backoff_max: float = 60.0
+    upstream_probe_interval: float = 15.0  # seconds between GET {upstream}/models; 0: never
+    max_response_bytes: int = 64 * 1024 * 1024  # one upstream answer, after decompression
     # What a batch may be.
     endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
     completion_windows: tuple[str, ...] = ("24h",)
@@ -39,12 +41,22 @@ class Settings:
     signing_secret: str | None = field(default=None, repr=False)
     download_url_ttl: int = 3600  # seconds a download link stays valid
     public_url: str | None = None  # base of links handed out, e.g. behind a proxy
+    # The HTTP server's limits (uploads have max_file_bytes).
+    max_json_bytes: int = 1024 * 1024  # one JSON request body
+    max_header_bytes: int = 16 * 1024  # a request's line and headers
+    max_connections: int = 2048  # open at once; over it, idle ones go, then new ones
+    header_timeout: float = 20.0  # seconds a connection gets to send a request's headers
+    keep_alive_timeout: int = 10  # seconds an idle keep-alive connection stays open
     # The engine.
     engine: bool = True
     slice_lines: int = 1000  # input lines per durable work slice
     flush_interval: float = 0.05  # seconds between durable result commits
     shutdown_grace: float = 30.0  # seconds in-flight requests get on SIGTERM
     poll_interval: float = 0.5  # seconds between looks for new work
+    # Batches validating or sending at once, all accounts (an account with none running
+    # may still start one, so a new account never waits for the others').
+    max_active_batches: int = 64
+    max_active_batches_per_account: int = 16  # of those, at most this many of one account
 
     @property
     def db_path(self) -> Path:

@@ -12,11 +12,28 @@ from barge.blobs.local import fsync_dir
 from barge.exceptions import BargeError
 
 KEY_FILE = "signing.key"
+MIN_SECRET_BYTES = 32
+
+
+def check_signing_secret(configured: str | None) -> None:
+    """A configured secret must be at least 32 bytes: a short one can be guessed, and
+    with it every download link forged."""
+    if configured is None:
+        return
+    size = len(configured.encode())
+    if size < MIN_SECRET_BYTES:
+        raise BargeError(
+            f"--signing-secret / BARGE_SIGNING_SECRET must be at least {MIN_SECRET_BYTES} "
+            f"bytes, not {size} (e.g. the output of 'openssl rand -hex 32'); leave it unset "
+            f"to keep a generated one in DATA_DIR/{KEY_FILE}."
+        )
 
 
 def load_signing_secret(data_dir: Path, configured: str | None) -> str:
-    """``configured`` when set; else the data directory's key, created if absent."""
-    if configured:
+    """``configured`` when set (at least 32 bytes); else the data directory's key,
+    created if absent."""
+    if configured is not None:
+        check_signing_secret(configured)
         return configured
     path = data_dir / KEY_FILE
     if not path.exists():

@@ -48,6 +48,12 @@ def simulator_app(max_delay: float = 0.05) -> web.Application:
         return web.Response(body=orjson.dumps(data), content_type="application/json",
                             headers={"x-request-id": f"req_sim_{n}"})
 
+    async def models(request: web.Request) -> web.Response:
+        data = {"object": "list", "data": [{"id": "demo-model", "object": "model",
+                                            "created": 0, "owned_by": "barge-simulator"}]}
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+
     app = web.Application()
+    app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/{endpoint:.+}", handle)
     return app

@@ -51,14 +51,21 @@ def admin_request(barge: BargeProcess, method: str, path: str, *, key: str | Non
 
 
 def create_role(barge: BargeProcess, name: str, actions: list[str] | tuple[str, ...],
-                operations: list[str] | tuple[str, ...] = ("*",)) -> dict[str, Any]:
-    r = admin_request(barge, "POST", "/admin/roles",
-                      json={"name": name, "actions": list(actions),
-                            "operations": list(operations)})
+                operations: list[str] | tuple[str, ...] = ("*",), *,
+                account: str | None = None, by: str = ADMIN_KEY) -> dict[str, Any]:
+    """A custom role of ``account`` (default: the account of the key ``by``), made through
+    ``POST /v1/admin/roles``. Roles belong to one account: keys of another cannot use it."""
+    body_in: dict[str, Any] = {"name": name, "actions": list(actions),
+                               "operations": list(operations)}
+    if account is not None:
+        body_in["account"] = account
+    r = admin_request(barge, "POST", "/admin/roles", key=by, json=body_in)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     assert body["name"] == name and body["builtin"] is False, body
     assert sorted(body["actions"]) == sorted(actions), body
+    if account is not None:
+        assert body["account"] == account, body
     return body
 
 

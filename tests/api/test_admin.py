@@ -30,7 +30,7 @@ from api.support import CHAT, auth_headers, chat_line, error_of, run_batch, uplo
 from barge_process import ADMIN_KEY, BargeProcess
 
 KEY_FIELDS = {"id", "object", "name", "account", "role", "created_at", "revoked_at"}
-ROLE_FIELDS = {"object", "name", "actions", "operations", "builtin"}
+ROLE_FIELDS = {"object", "name", "actions", "operations", "builtin", "account"}
 
 
 def _keys(barge: BargeProcess) -> list[dict[str, Any]]:
@@ -84,7 +84,8 @@ def test_admin_role_key_and_custom_manage_keys_role_may_use_the_admin_api(
     account = unique("keymasters")
     _, admin_secret = cli_key(barge, "admin", account)
     role = unique("keymaster")
-    create_role(barge, role, ["manage_keys"], [])
+    # A key hands on only what it holds: this one may make reader keys, nothing more.
+    create_role(barge, role, ["manage_keys", *READER_ACTIONS], [], account=account)
     _, km_secret = api_key(barge, role, account)
     for secret in (admin_secret, km_secret):
         assert admin_request(barge, "GET", "/admin/keys", key=secret).status_code == 200
@@ -94,9 +95,9 @@ def test_admin_role_key_and_custom_manage_keys_role_may_use_the_admin_api(
         assert r.status_code == 200, r.text
         r = admin_request(barge, "DELETE", f"/admin/keys/{key_id}", key=secret)
         assert r.status_code == 200, r.text
-    # manage_keys alone opens nothing else.
-    r = admin_request(barge, "GET", "/files", key=km_secret)
-    assert_http_denied(r, "get_files")
+    # manage_keys opens nothing else.
+    r = admin_request(barge, "DELETE", "/files/file-000000000000000000000000", key=km_secret)
+    assert_http_denied(r, "delete_file")
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -246,18 +247,19 @@ def test_builtin_roles_are_listed(shared_barge: BargeProcess) -> None:
     assert sorted(roles["reader"]["actions"]) == sorted(READER_ACTIONS)
     assert roles["admin"]["operations"] == ["*"] and roles["member"]["operations"] == ["*"]
     assert roles["reader"]["operations"] == []
+    assert all(roles[name]["account"] is None for name in ("admin", "member", "reader"))
 
 
 def test_a_custom_role_is_listed_and_usable(shared_barge: BargeProcess,
                                             connect: Connect) -> None:
     barge = shared_barge
     name = unique("uploader")
-    created = create_role(barge, name, ["upload_file", "get_files"], [CHAT])
-    assert created == {"object": "role", "name": name, "actions": ["get_files", "upload_file"],
-                       "operations": [CHAT], "builtin": False}
-    assert _roles(barge)[name] == created
-    # Usable by keys from the API and from the CLI.
     account = unique("uploaders")
+    created = create_role(barge, name, ["upload_file", "get_files"], [CHAT], account=account)
+    assert created == {"object": "role", "name": name, "actions": ["get_files", "upload_file"],
+                       "operations": [CHAT], "builtin": False, "account": account}
+    assert _roles(barge)[name] == created
+    # Usable by keys of its account, from the API and from the CLI.
     for _, secret in (api_key(barge, name, account), cli_key(barge, name, account)):
         client = connect(barge, api_key=secret)
         f = upload(client, [chat_line("up")])

@@ -145,3 +145,26 @@ def test_list_by_creation_time_combines_with_paging(client: OpenAI) -> None:
     assert ids(created_before=lo - 1) == []
     later = int(time.time()) + 3600
     assert ids(created_after=later) == []
+
+
+# -- updated_at ---------------------------------------------------------------------
+
+
+def test_updated_at_is_integer_unix_seconds(client: OpenAI, http: httpx.Client) -> None:
+    """``updated_at`` is whole Unix seconds like ``created_at``, on every Batch object."""
+    f = upload(client, _lines(2))
+    before = int(time.time())
+    created = client.batches.with_raw_response.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    seen = [created.http_response.json()]
+    batch_id = seen[0]["id"]
+    wait_terminal(client, batch_id)
+    seen.append(http.get(f"/batches/{batch_id}").json())
+    seen += http.get("/batches").json()["data"]
+    seen.append(http.get(f"/batches/{batch_id}", params={"download": "true"}).json())
+    for body in seen:
+        assert type(body["updated_at"]) is int, body
+        assert type(body["created_at"]) is int, body
+        assert before <= body["created_at"] <= body["updated_at"] <= time.time() + 1
+    parsed = client.batches.retrieve(batch_id)
+    assert type((parsed.model_extra or {})["updated_at"]) is int

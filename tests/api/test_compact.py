@@ -123,7 +123,8 @@ def test_upload_links_are_one_time_and_tamper_proof(http: httpx.Client) -> None:
             assert "invalid" in r.json()["error"]["message"]
         assert anonymous.put(good, content=to_jsonl([chat_line("a")])).status_code == 200
         again = anonymous.put(good, content=to_jsonl([chat_line("b")]))
-        assert again.status_code == 403  # used once already
+        assert again.status_code == 409  # used once already: its bytes are dropped
+        assert set(again.json()["error"]) == {"message", "type", "param", "code"}
     assert http.get(f"/v1/files/{link['handler']}/content").content == to_jsonl([chat_line("a")])
 
 
@@ -154,6 +155,40 @@ def test_list_with_cursor_ge_le(http: httpx.Client) -> None:
     assert walk(ge=hi + 1) == []
     for limit in (0, 1001):
         assert http.get("/batches", params={"limit": limit}).status_code == 400
+
+
+def test_created_ts_carries_milliseconds(http: httpx.Client) -> None:
+    """``created_ts`` is seconds to three decimals, like ``updated_ts``; the OpenAI
+    ``created_at`` of the same batch stays whole seconds; ``ge``/``le`` compare at
+    millisecond precision, bounds included."""
+    handler = _upload(http, to_jsonl([chat_line("x")]))
+    made = []
+    for _ in range(4):
+        made.append(http.post("/batches", json={"handler": handler,
+                                                "operation": "chat/completions"}).json())
+        time.sleep(0.005)  # distinct milliseconds
+    stamps = [m["created_ts"] for m in made]
+    assert all(isinstance(t, float) and round(t, 3) == t for t in stamps)
+    assert any(t != int(t) for t in stamps), stamps  # four whole seconds: 1 in 10**12
+    assert stamps == sorted(stamps) and len(set(stamps)) == 4
+    for m in made:
+        view = http.get(f"/batches/{m['batch']}").json()
+        assert view["created_ts"] == m["created_ts"]
+        assert view["updated_ts"] >= view["created_ts"]
+        openai_view = http.get(f"/v1/batches/{m['batch']}").json()
+        assert openai_view["created_at"] == int(m["created_ts"])
+        assert isinstance(openai_view["created_at"], int)
+    ids = [m["batch"] for m in made]
+    ge = http.get("/batches", params={"ge": stamps[1]}).json()["batches"]
+    assert list(ge) == ids[1:]  # only ge: oldest first, the bound itself included
+    le = http.get("/batches", params={"le": stamps[2]}).json()["batches"]
+    assert [b for b in le if b in ids] == ids[:3][::-1]
+    both = http.get("/batches", params={"ge": stamps[1], "le": stamps[2]}).json()["batches"]
+    assert list(both) == [ids[2], ids[1]]
+    exact = http.get("/batches", params={"ge": f"{stamps[3]:.3f}"}).json()["batches"]
+    assert list(exact) == [ids[3]]
+    after = http.get("/batches", params={"ge": f"{stamps[3] + 0.001:.3f}"}).json()["batches"]
+    assert list(after) == []
 
 
 def test_cancel_and_delete(http: httpx.Client) -> None:

@@ -156,7 +156,7 @@ def test_a_role_without_one_action_is_refused_only_that_action(
     owner = connect(barge, api_key=acct.key)
     role = unique(f"all-but-{missing}").replace("_", "-")
     actions = [a for a in ALL_ACTIONS if a != missing]
-    create_role(barge, role, actions, ["*"])
+    create_role(barge, role, actions, ["*"], account=acct.name)
     _, secret = api_key(barge, role, acct.name)
     client = connect(barge, api_key=secret)
     cancel_id = slow_batch(owner)  # a batch to cancel, still running
@@ -202,7 +202,7 @@ def test_a_role_with_no_actions_is_refused_everything(shared_barge: BargeProcess
     barge = shared_barge
     acct = populate(barge, connect, unique("nothing"))
     role = unique("nothing")
-    create_role(barge, role, [], ["*"])
+    create_role(barge, role, [], ["*"], account=acct.name)
     _, secret = api_key(barge, role, acct.name)
     client = connect(barge, api_key=secret)
     for action in GUARDED:
@@ -220,7 +220,7 @@ def test_create_batch_also_needs_the_endpoints_operation(shared_barge: BargeProc
     account = unique("embed-only")
     role = unique("embedder")
     create_role(barge, role, ["create_batch", "upload_file", "get_batch", "get_file",
-                              "download_file", "get_batches"], [EMBEDDINGS])
+                              "download_file", "get_batches"], [EMBEDDINGS], account=account)
     _, secret = api_key(barge, role, account)
     client = connect(barge, api_key=secret)
 
@@ -248,9 +248,9 @@ def test_create_batch_also_needs_the_endpoints_operation(shared_barge: BargeProc
 def test_create_batch_with_no_operations_is_refused(shared_barge: BargeProcess,
                                                     connect: Connect) -> None:
     barge = shared_barge
-    role = unique("no-ops")
-    create_role(barge, role, ["create_batch", "upload_file"], [])
-    _, secret = api_key(barge, role, unique("no-ops"))
+    role, account = unique("no-ops"), unique("no-ops")
+    create_role(barge, role, ["create_batch", "upload_file"], [], account=account)
+    _, secret = api_key(barge, role, account)
     client = connect(barge, api_key=secret)
     f = upload(client, [chat_line("x")])
     for endpoint in (CHAT, EMBEDDINGS):
@@ -263,10 +263,10 @@ def test_create_batch_with_no_operations_is_refused(shared_barge: BargeProcess,
 def test_operations_list_allows_exactly_its_endpoints(shared_barge: BargeProcess,
                                                       connect: Connect) -> None:
     barge = shared_barge
-    role = unique("chat-and-emb")
+    role, account = unique("chat-and-emb"), unique("two-ops")
     create_role(barge, role, ["create_batch", "upload_file", "get_batch"],
-                [CHAT, EMBEDDINGS])
-    _, secret = api_key(barge, role, unique("two-ops"))
+                [CHAT, EMBEDDINGS], account=account)
+    _, secret = api_key(barge, role, account)
     client = connect(barge, api_key=secret)
     f = upload(client, [request_line("c", {"model": "m", "prompt": "hi"},
                                      url="/v1/completions")])

@@ -102,6 +102,25 @@ class TestWriter:
         assert info.bytes == len(b"new contents\n")
         assert await collect(blobs, "file-x") == b"new contents\n"
 
+    @pytest.mark.asyncio
+    async def test_writers_of_one_key_have_their_own_temporary_files(
+        self, blobs: LocalBlobs, dirs: tuple[Path, Path]
+    ) -> None:
+        """Two uploads to one key at once never write into each other's bytes: the one
+        committed is exactly its own, and aborting the other keeps it so."""
+        root, tmp = dirs
+        a, b = (blobs.writer("file-same", max_bytes=BIG) for _ in range(2))
+        assert len(listing(tmp)) == 2
+        for i in range(50):
+            a.write(b"a%03d\n" % i)
+            b.write(b"bb%03d\n" % i)
+        want_a = b"".join(b"a%03d\n" % i for i in range(50))
+        info = await a.commit()
+        b.abort()
+        assert await collect(blobs, "file-same") == want_a
+        assert info.sha256 == hashlib.sha256(want_a).hexdigest()
+        assert listing(tmp) == [] and listing(root) == ["file-same"]
+
     def test_abort_leaves_nothing(self, blobs: LocalBlobs, dirs: tuple[Path, Path]) -> None:
         root, tmp = dirs
         w = blobs.writer("file-gone", max_bytes=BIG)

@@ -200,7 +200,7 @@ class TestBatchObject:
         assert obj["usage"] is None
         assert obj["metadata"] is None or isinstance(obj["metadata"], dict)
         assert obj["barge_status"] == status.value
-        assert isinstance(obj["updated_at"], float)
+        assert type(obj["updated_at"]) is int  # whole Unix seconds, like created_at
 
     @pytest.mark.parametrize("status", list(SHOWN), ids=str)
     def test_status_is_the_projection(self, status: Status) -> None:
@@ -223,7 +223,7 @@ class TestBatchObject:
         assert obj["output_file_id"] == b.output_file_id
         assert obj["error_file_id"] == b.error_file_id
         assert obj["metadata"] == {"project": "x"}
-        assert obj["updated_at"] == T0 + 0.5
+        assert obj["updated_at"] == T0  # T0 + 0.5, in whole seconds
 
     def test_errors_none_without_errors(self) -> None:
         assert batch_object(batch())["errors"] is None

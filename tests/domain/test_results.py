@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -14,7 +16,7 @@ from barge.domain.ids import (
     new_key_id,
     new_request_id,
 )
-from barge.domain.results import ResultCodes, error_line, output_line
+from barge.domain.results import ResultCodes, error_line, json_fragment, output_line
 
 REQUEST_ID = re.compile(r"^batch_req_[0-9a-f]{24}$")
 RESULT_KEYS = {"id", "custom_id", "response", "error"}
@@ -41,6 +43,25 @@ class TestOutputLine:
     def test_unicode_custom_id_survives(self) -> None:
         obj = _single_json_line(output_line("é\n1", 200, "r", {}))
         assert obj["custom_id"] == "é\n1"
+
+    def test_a_fragment_body_goes_in_verbatim_on_one_line(self) -> None:
+        raw = b'{\r\n "n": 123456789012345678901234567890,\n\t"f": 1.50,\n "s": "a\\nb"\r\n}\n'
+        line = output_line("req-1", 200, "r", json_fragment(raw))
+        assert b"\n" not in line and b"\r" not in line
+        assert b'"n": 123456789012345678901234567890,' in line
+        assert b'"f": 1.50,' in line
+        obj = json.loads(line, parse_float=Decimal)
+        assert obj["response"]["body"] == {"n": 123456789012345678901234567890,
+                                           "f": Decimal("1.50"), "s": "a\nb"}
+        assert _single_json_line(output_line("x", 200, "r", json_fragment(b"[1]")))[
+            "response"]["body"] == [1]
+
+    def test_a_final_http_error_is_an_answer_with_error_null(self) -> None:
+        body = json_fragment(b'{"error": {"message": "bad"}}')
+        obj = _single_json_line(output_line("req-4", 400, "up-4", body))
+        assert obj["response"] == {"status_code": 400, "request_id": "up-4",
+                                   "body": {"error": {"message": "bad"}}}
+        assert obj["error"] is None
 
     def test_ids_are_fresh(self) -> None:
         ids = {_single_json_line(output_line("a", 200, "r", {}))["id"] for _ in range(50)}
@@ -82,7 +103,9 @@ class TestErrorLine:
             ResultCodes.INVALID_UPSTREAM_RESPONSE,
             ResultCodes.UPSTREAM_TIMEOUT,
             ResultCodes.UPSTREAM_CONNECTION_ERROR,
+            ResultCodes.UPSTREAM_RESPONSE_TOO_LARGE,
             ResultCodes.BATCH_EXPIRED,
+            ResultCodes.INTERNAL_ERROR,
         ],
     )
     def test_every_code(self, code: str) -> None:
@@ -92,6 +115,9 @@ class TestErrorLine:
 
     def test_batch_expired_code(self) -> None:
         assert ResultCodes.BATCH_EXPIRED == "batch_expired"
+
+    def test_too_large_code(self) -> None:
+        assert ResultCodes.UPSTREAM_RESPONSE_TOO_LARGE == "upstream_response_too_large"
 
 
 def test_id_shapes() -> None:

@@ -86,7 +86,7 @@ async def test_http_errors_go_to_the_error_file(tmp_path: Path, slice_lines: int
     bad = {f"r-{i}" for i in range(300) if i % 7 == 0}
     assert {x["custom_id"] for x in err} == bad
     for x in err:
-        assert x["error"]["code"] == "upstream_http_error"
+        assert x["error"] is None  # an HTTP error is the upstream's answer, as in OpenAI's
         assert x["response"]["status_code"] == 400
         assert x["response"]["body"]["error"]["message"] == f"bad {x['custom_id']}"
     assert (b.total, b.completed, b.failed) == (300, 300 - len(bad), len(bad))
@@ -238,21 +238,45 @@ async def test_cancel_right_after_create(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_expired_before_it_starts(tmp_path: Path) -> None:
-    """Past its window before validation: expired at once, nothing sent upstream. (Its
-    lines were never validated, so no per-request batch_expired lines are written.)"""
+    """Past its window before validation: the file is still validated (that is how its
+    requests are known), then expired with each request once as batch_expired; nothing
+    is sent upstream and the batch never shows as in progress."""
+    async with (
+        UpstreamServer() as up,
+        App(fast_settings(tmp_path / "data", up.base_url, slice_lines=2)) as app,
+    ):
+        data = jsonl([request_line("req-0"), b"", *[request_line(f"req-{i}")
+                                                    for i in range(1, 5)]])
+        batch_id = await submit(app, data, expires_at=int(time.time()) - 1)
+        b = await wait_for_batch(app, batch_id)
+        out, err = results(app, b)
+        await assert_file_records(app, b, out, err)
+        assert await app.store.list_slices(batch_id) == []
+    assert b.status is Status.EXPIRED
+    assert b.expired_at is not None and b.in_progress_at is None
+    assert up.stats.total == 0
+    assert out == [] and b.output_file_id is None
+    assert_each_once(out, err, ids("req", 5))
+    assert (b.total, b.completed, b.failed) == (5, 0, 5)
+    assert b.model == "gpt-test"
+    assert {x["error"]["code"] for x in err} == {"batch_expired"}
+
+
+@pytest.mark.asyncio
+async def test_a_bad_file_past_its_window_fails_validation(tmp_path: Path) -> None:
+    """The window ended before validation, but a line is bad: validation failure
+    stands (it says more than the expiry would), with no result files."""
     async with (
         UpstreamServer() as up,
         App(fast_settings(tmp_path / "data", up.base_url)) as app,
     ):
-        batch_id = await submit(app, simple_input(5), expires_at=int(time.time()) - 1)
+        data = jsonl([request_line("req-0"), b"{nope"])
+        batch_id = await submit(app, data, expires_at=int(time.time()) - 1)
         b = await wait_for_batch(app, batch_id)
-        out, err = results(app, b)
-    assert b.status is Status.EXPIRED
-    assert b.expired_at is not None
+    assert b.status is Status.VALIDATION_FAILED
+    assert [(e.code, e.line) for e in b.errors] == [("invalid_json_line", 2)]
+    assert b.output_file_id is None and b.error_file_id is None
     assert up.stats.total == 0
-    assert out == [] and b.output_file_id is None
-    assert (b.completed, b.failed) == (0, len(err))
-    assert {x["error"]["code"] for x in err} <= {"batch_expired"}
 
 
 async def _run_until_partway(settings_kwargs: dict[str, Any], data_dir: Path,

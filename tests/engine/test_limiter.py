@@ -84,3 +84,37 @@ async def test_a_cancelled_waiter_does_not_take_a_slot() -> None:
     limiter.release(held, Outcome.IGNORE)
     await asyncio.wait_for(second, 1)
     assert limiter.in_flight == 1
+
+
+@pytest.mark.asyncio
+async def test_room_waits_until_a_request_would_get_a_slot_at_once() -> None:
+    limiter = AdaptiveLimiter(2, initial=2)
+    assert limiter.has_room()
+    await limiter.room()  # returns at once
+    held = await _fill(limiter, 2)
+    assert not limiter.has_room()
+    room = asyncio.create_task(limiter.room())
+    queued = asyncio.create_task(limiter.acquire())  # a retry waiting for a slot
+    await asyncio.sleep(0.02)
+    limiter.release(held[0], Outcome.IGNORE)
+    await asyncio.wait_for(queued, 1)  # the slot went to the request that waited for it
+    await asyncio.sleep(0.02)
+    assert not room.done()
+    limiter.release(held[1], Outcome.IGNORE)
+    await asyncio.wait_for(room, 1)
+    assert limiter.has_room()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_acquire_leaves_room_for_waiters() -> None:
+    limiter = AdaptiveLimiter(1, initial=1)
+    held = await limiter.acquire()
+    waiting = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.01)
+    room = asyncio.create_task(limiter.room())
+    await asyncio.sleep(0.01)
+    limiter.release(held, Outcome.IGNORE)  # the slot goes to ``waiting`` ...
+    waiting.cancel()  # ... which leaves before it takes it
+    await asyncio.gather(waiting, return_exceptions=True)
+    await asyncio.wait_for(room, 1)
+    assert limiter.in_flight == 0

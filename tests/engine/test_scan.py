@@ -184,3 +184,44 @@ def test_ten_megabyte_single_line(tmp_path: Path) -> None:
     assert len(result.slices) == 1
     s = result.slices[0]
     assert (s.start_line, s.n_lines, s.start_offset, s.end_offset) == (0, 1, 0, len(raw))
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("slice_lines", [1, 2, 1000])
+def test_a_bom_is_skipped_and_the_first_slice_starts_after_it(tmp_path: Path,
+                                                              slice_lines: int) -> None:
+    lines = [req("a"), b"", req("b"), req("c")]
+    data = BOM + b"\n".join(lines) + b"\n"
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    result = scan(path, slice_lines=slice_lines)
+    assert result.errors == [] and result.total == 3
+    first = result.slices[0]
+    assert (first.start_line, first.start_offset) == (0, len(BOM))
+    # Past the mark, the slices tile the file exactly as they would without it.
+    plain = tmp_path / "plain.jsonl"
+    plain.write_bytes(data[len(BOM):])
+    expected = scan(plain, slice_lines=slice_lines).slices
+    assert [(s.start_line, s.n_lines, s.start_offset + len(BOM), s.end_offset + len(BOM))
+            for s in expected] == [(s.start_line, s.n_lines, s.start_offset, s.end_offset)
+                                   for s in result.slices]
+    assert result.slices[-1].end_offset == len(data)
+
+
+def test_a_bom_keeps_line_numbers_and_only_counts_at_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(BOM + b"{bad\n" + req("a") + b"\n" + BOM + req("b") + b"\n")
+    result = scan(path)
+    # Line 1 is bad on its own merits; a mark anywhere but the start is no mark.
+    assert [(e.code, e.line) for e in result.errors] == [
+        (LineCodes.INVALID_JSON, 1), (LineCodes.INVALID_JSON, 3)]
+
+
+@pytest.mark.parametrize("data", [BOM, BOM + b"\n", BOM + b"  \n\n"])
+def test_a_bom_alone_is_an_empty_file(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    result = scan(path)
+    assert [(e.code, e.line) for e in result.errors] == [(LineCodes.EMPTY_FILE, None)]

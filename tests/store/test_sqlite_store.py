@@ -15,23 +15,38 @@ TABLES = ("files", "batches", "slices", "api_keys")
 _CONSTRAINT_WORDS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"}
 
 
+_TABLE_CHANGE = re.compile(
+    r"CREATE TABLE\s+(?P<create>\w+)\s*\((?P<body>.*?)\n\);"
+    r"|ALTER TABLE\s+(?P<alter>\w+)\s+ADD COLUMN\s+(?P<column>\w+)"
+    r"|ALTER TABLE\s+(?P<old>\w+)\s+RENAME TO\s+(?P<new>\w+)"
+    r"|DROP TABLE\s+(?P<drop>\w+)",
+    re.S,
+)
+
+
 def columns_named_in_sql() -> dict[str, list[str]]:
-    """Every ``CREATE TABLE`` and ``ALTER TABLE … ADD COLUMN`` of every migration, applied
-    in order, as table -> column names in order."""
+    """Every ``CREATE TABLE``, ``ALTER TABLE … ADD COLUMN``, ``ALTER TABLE … RENAME TO``
+    and ``DROP TABLE`` of every migration, applied in order, as table -> column names in
+    order."""
     tables: dict[str, list[str]] = {}
     for _, sql in migrations():
         no_comments = "\n".join(
             line for line in sql.splitlines() if not line.lstrip().startswith("--")
         )
-        for m in re.finditer(r"CREATE TABLE\s+(\w+)\s*\((.*?)\n\);", no_comments, re.S):
-            names = []
-            for line in m.group(2).splitlines():
-                words = line.strip().rstrip(",").split()
-                if words and words[0].upper() not in _CONSTRAINT_WORDS:
-                    names.append(words[0])
-            tables[m.group(1)] = names
-        for m in re.finditer(r"ALTER TABLE\s+(\w+)\s+ADD COLUMN\s+(\w+)", no_comments):
-            tables[m.group(1)].append(m.group(2))
+        for m in _TABLE_CHANGE.finditer(no_comments):
+            if m["create"]:
+                names = []
+                for line in m["body"].splitlines():
+                    words = line.strip().rstrip(",").split()
+                    if words and words[0].upper() not in _CONSTRAINT_WORDS:
+                        names.append(words[0])
+                tables[m["create"]] = names
+            elif m["alter"]:
+                tables[m["alter"]].append(m["column"])
+            elif m["old"]:
+                tables[m["new"]] = tables.pop(m["old"])
+            else:
+                del tables[m["drop"]]
     return tables
 
 
@@ -47,7 +62,11 @@ def test_migrations_are_numbered_from_one_without_gaps() -> None:
     for _, sql in found:
         statements = split_statements(sql)
         assert statements, "a migration must change the schema"
-        assert all(s.upper().startswith(("CREATE", "ALTER")) for s in statements), statements
+        # Schema changes, and the data moves a rebuilt table needs (INSERT … SELECT).
+        assert all(s.upper().startswith(("CREATE", "ALTER", "DROP", "INSERT"))
+                   for s in statements), statements
+        assert any(s.upper().startswith(("CREATE", "ALTER", "DROP"))
+                   for s in statements), statements
 
 
 def test_parser_finds_the_four_tables() -> None:
@@ -124,3 +143,22 @@ async def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
     await s.close()
     with pytest.raises(StoreUnavailable):
         await s.get_file("acct", "file-x")
+
+
+@pytest.mark.asyncio
+async def test_unfinished_batches_reads_only_the_partial_index(tmp_path: Path) -> None:
+    """The engine lists unfinished batches at every poll and whenever a slot frees: the
+    query must use the partial index of migration 6, not scan every finished batch."""
+    from barge.store.sqlite import _BATCH_COLUMNS, _UNFINISHED
+
+    path = tmp_path / "barge.db"
+    s = SQLiteStore(path)
+    await s.open()
+    await s.close()
+    db = _open_raw(path)
+    try:
+        plan = db.execute(f"EXPLAIN QUERY PLAN SELECT {_BATCH_COLUMNS} FROM batches"
+                          f" WHERE {_UNFINISHED} ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    assert any("USING INDEX batches_unfinished" in str(row[-1]) for row in plan), plan

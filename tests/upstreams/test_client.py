@@ -19,6 +19,7 @@ from barge.upstreams.client import (
     Reply,
     UpstreamClient,
     UpstreamConnectionError,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
     UpstreamUnreachable,
     join_url,
@@ -281,3 +282,80 @@ async def test_large_request_body_sends_without_resource_warning(up: UpstreamSer
         await client.close()
     assert reply.status == 200
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+# ---- hostile answers: size cap, compression, redirects -------------------------------------
+
+async def open_capped(base_url: str, cap: int, timeout: float = 10.0) -> UpstreamClient:
+    client = UpstreamClient(base_url, api_key=None, timeout=timeout, max_connections=8,
+                            max_response_bytes=cap)
+    await client.open()
+    return client
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mock", [
+    {"endless": True},  # chunked, no length
+    {"endless": True, "declared_length": 1 << 40},  # a length far over the cap
+    {"gzip_bomb": 256},  # a small Content-Length that inflates to 256 MiB
+])
+async def test_answer_over_the_cap_raises_too_large(up: UpstreamServer, mock: dict[str, Any]
+                                                    ) -> None:
+    cap = 1 << 20
+    client = await open_capped(up.base_url, cap)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamResponseTooLarge) as info:
+            await client.send(CHAT, body(**mock))
+        assert time.monotonic() - t0 < 5
+        assert info.value.status == 200
+        assert info.value.request_id == "req_1"
+        assert str(cap) in info.value.message
+        # the dropped connection does not poison the pool
+        again = await client.send(CHAT, body("again"))
+    finally:
+        await client.close()
+    assert again.status == 200
+    assert orjson.loads(again.body)["choices"][0]["message"]["content"] == "echo: again"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["plain", "chunked", "gzip"])
+async def test_cap_is_counted_on_the_decoded_body(up: UpstreamServer, mode: str) -> None:
+    """The same answer, sent with a Content-Length, chunked, or gzip-encoded: at exactly
+    its decoded size it passes whole, one byte less of cap and it is too large."""
+    flags = {} if mode == "plain" else {mode: True}
+    probe = await open_capped(up.base_url, 1 << 30)
+    try:
+        size = len((await probe.send(CHAT, body("x" * 5000, key="k", **flags))).body)
+    finally:
+        await probe.close()
+    exact = await open_capped(up.base_url, size)
+    try:
+        reply = await exact.send(CHAT, body("x" * 5000, key="k", **flags))
+        assert len(reply.body) == size
+        assert orjson.loads(reply.body)["choices"][0]["message"]["content"] == "echo: " + "x" * 5000
+    finally:
+        await exact.close()
+    short = await open_capped(up.base_url, size - 1)
+    try:
+        with pytest.raises(UpstreamResponseTooLarge):
+            await short.send(CHAT, body("x" * 5000, key="k", **flags))
+    finally:
+        await short.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_answers_never_followed(up: UpstreamServer, status: int) -> None:
+    async with UpstreamServer() as elsewhere:
+        client = await open_client(up.base_url)
+        try:
+            reply = await client.send(
+                CHAT, body(redirect=elsewhere.base_url + "/chat/completions",
+                           redirect_status=status))
+        finally:
+            await client.close()
+        assert reply.status == status
+        assert reply.headers["Location"].startswith(elsewhere.base_url)
+        assert elsewhere.stats.total == 0

@@ -1,4 +1,8 @@
-"""``/v1/admin``: keys and roles, for callers whose role allows ``manage_keys``."""
+"""``/v1/admin``: keys and roles, for callers whose role allows ``manage_keys``.
+
+A stored key manages its own account only: its keys and its custom roles. It may hand on
+only what its own role holds (a key's role, a new role's actions and operations), and
+only admin keys make admin keys. The server's admin key manages every account."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from barge.domain.permissions import (
     make_role,
 )
 from barge.exceptions import InvalidRequest, NotFound, PermissionDenied
-from barge.keys import create_key
+from barge.keys import check_account, check_grant, create_key
 
 router = APIRouter(prefix="/v1/admin")
 Admin = Annotated[Caller, Depends(require(Action.MANAGE_KEYS))]
@@ -30,9 +34,11 @@ def key_object(k: KeyRecord) -> dict[str, Any]:
             "role": k.role, "created_at": k.created_at, "revoked_at": k.revoked_at}
 
 
-def role_object(r: Role, *, builtin: bool) -> dict[str, Any]:
+def role_object(r: Role, account: str | None) -> dict[str, Any]:
+    """``account`` None: a built-in role, the same for every account."""
     return {"object": "role", "name": r.name, "actions": sorted(r.actions),
-            "operations": sorted(r.operations), "builtin": builtin}
+            "operations": sorted(r.operations), "builtin": account is None,
+            "account": account}
 
 
 def _string(body: dict[str, Any], param: str, default: str | None) -> str:
@@ -47,6 +53,14 @@ def _strings(body: dict[str, Any], param: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidRequest(f"'{param}' must be a list of strings.", param=param)
     return value
+
+
+def _own_account(caller: Caller, account: str) -> str:
+    """``account``, when the caller may manage it: its own, or any for the server's key."""
+    if account != caller.account and not caller.manages_all_accounts:
+        raise PermissionDenied("This key may manage only its own account.",
+                               param="account", code="permission_denied")
+    return account
 
 
 async def _visible_keys(request: Request, caller: Caller) -> list[KeyRecord]:
@@ -69,6 +83,7 @@ async def create_api_key(request: Request, caller: Admin) -> JSON:
         name=_string(body, "name", None),
         role=_string(body, "role", "member"),
         account=account,
+        granted_by=caller.role,
     )
     return JSON(key_object(record) | {"key": secret})
 
@@ -88,21 +103,30 @@ async def revoke_api_key(request: Request, caller: Admin, key_id: str) -> JSON:
 
 
 @router.get("/roles")
-async def list_roles(request: Request, caller: Admin) -> JSON:
-    custom = await app_of(request).store.list_roles()
-    data = [role_object(r, builtin=True) for r in BUILTIN_ROLES.values()]
-    data += [role_object(r, builtin=False) for r in custom]
+async def list_roles(request: Request, caller: Admin, account: str | None = None) -> JSON:
+    """The built-in roles and the custom roles of the caller's account (of every
+    account, or of ``account``, for the server's admin key)."""
+    if account is None and not caller.manages_all_accounts:
+        account = caller.account
+    if account is not None:
+        _own_account(caller, account)
+    custom = await app_of(request).store.list_roles(account)
+    data = [role_object(r, None) for r in BUILTIN_ROLES.values()]
+    data += [role_object(r, owner) for owner, r in custom]
     return JSON({"object": "list", "data": data})
 
 
 @router.post("/roles")
 async def create_role(request: Request, caller: Admin) -> JSON:
     body = await json_object(request)
+    account = _own_account(caller, _string(body, "account", caller.account))
+    check_account(account)
     name = _string(body, "name", None)
     actions, operations = _strings(body, "actions"), _strings(body, "operations")
     try:
         role = make_role(name, actions, operations)
     except InvalidRole as e:
         raise InvalidRequest(f"Invalid role: {e}.", param=e.param) from e
-    await app_of(request).store.create_role(role)
-    return JSON(role_object(role, builtin=False))
+    check_grant(caller.role, role, what=f"create role '{name}'", param=None)
+    await app_of(request).store.create_role(account, role)
+    return JSON(role_object(role, account))

@@ -38,14 +38,16 @@ class Authenticator:
         principal = await self._store.principal_for(digest)
         if principal is None:
             raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
-        return Caller(principal.account, principal.key_id, await self.role(principal.role))
+        role = await self.role(principal.account, principal.role)
+        return Caller(principal.account, principal.key_id, role)
 
-    async def role(self, name: str) -> Role:
-        """A role by name; a name that no longer exists allows nothing."""
+    async def role(self, account: str, name: str) -> Role:
+        """A built-in role, or the account's own custom role of that name; a name the
+        account does not have (another account's role included) allows nothing."""
         builtin = BUILTIN_ROLES.get(name)
         if builtin is not None:
             return builtin
-        custom = await self._store.get_role(name)
+        custom = await self._store.get_role(account, name)
         return custom if custom is not None else Role(name, frozenset(), frozenset())
 
 

@@ -3,7 +3,8 @@ the same domain, Store and engine as ``/v1/batches``, under the same roles.
 
 - ``POST /batches/upload_url`` → ``{"handler", "url", "validity_ts"}``: a one-time signed
   target; ``PUT`` the JSONL file's bytes to ``url`` (no API key) and the file is stored
-  under the id ``handler``.
+  under the id ``handler``. The first upload to finish wins the link; a concurrent or
+  later one gets 409 and its bytes are dropped.
 - ``POST /batches`` ``{"handler", "operation", "hash"?, "batch_dict"?}``: ``operation``
   is the endpoint every line runs (``/v1/chat/completions`` or ``chat/completions``).
 - ``GET /batches/{batch}[?download=true]``, ``GET /batches?cursor=&ge=&le=&limit=``,
@@ -19,7 +20,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Annotated, Any
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -37,9 +39,13 @@ from barge.domain.permissions import Action, Caller
 from barge.domain.signing import UPLOAD_PURPOSE, expiry, sign, verify
 from barge.exceptions import Conflict, InvalidRequest, NotFound, PermissionDenied
 
+if TYPE_CHECKING:
+    from barge.app import App
+
 router = APIRouter(prefix="/batches")
 DICT_KEY = re.compile(r"[a-z_][0-9a-z_]{0,63}")
 MAX_LIMIT = 1000
+MAX_TS = Decimal(10**12)  # seconds: year 33658; any later bound means the same
 INVALID_UPLOAD = "This upload link is invalid, used or expired."
 
 
@@ -47,17 +53,35 @@ def _ts(seconds: float) -> float:
     return round(float(seconds), 3)
 
 
+def _created_ts(b: BatchRecord) -> float:
+    """Seconds to three decimals; a batch stored before milliseconds were kept has its
+    whole seconds."""
+    return _ts(b.created_at if b.created_ms is None else b.created_ms / 1000)
+
+
+def _dict_value(value: str, is_json: bool | None) -> Any:
+    """A batch_dict value: JSON as given through this dialect, or an OpenAI metadata
+    value, which is a plain string. A batch stored before Barge kept which (None) shows
+    JSON where the value parses as JSON, else the string."""
+    if is_json is not False:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+    return value
+
+
 def compact_view(b: BatchRecord) -> dict[str, Any]:
     view: dict[str, Any] = {
         "batch": b.id,
         "status": b.status.value,
-        "created_ts": _ts(b.created_at),
+        "created_ts": _created_ts(b),
         "updated_ts": _ts(b.updated_at),
         "operation": b.endpoint,
         "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
     }
     if b.metadata:
-        view["batch_dict"] = {k: orjson.loads(v) for k, v in b.metadata.items()}
+        view["batch_dict"] = {k: _dict_value(v, b.metadata_json) for k, v in b.metadata.items()}
     if b.hash is not None:
         view["hash"] = b.hash
     if b.errors:
@@ -105,6 +129,25 @@ async def create_upload_url(
     return JSON({"handler": handler, "url": url, "validity_ts": expires})
 
 
+# Handlers whose upload is being committed right now. Barge is one process, and the check
+# and the claim happen with no await between them, so two uploads through one link can
+# never both commit: the first to finish claims the link, any other gets 409.
+_committing: set[str] = set()
+
+
+def _link_used() -> Conflict:
+    return Conflict("This upload link was already used; the upload was dropped.",
+                    param="handler", code="upload_link_used")
+
+
+async def _already_stored(app: App, account: str, handler: str) -> bool:
+    try:
+        await app.store.get_file(account, handler)
+    except NotFound:
+        return False
+    return True
+
+
 @router.put("/uploads/{handler}")
 async def upload(
     request: Request,
@@ -113,39 +156,50 @@ async def upload(
     expires: str | None = None,
     signature: str | None = None,
 ) -> JSON:
-    """The body is the file's bytes; the signed link stands in for the API key, once."""
+    """The body is the file's bytes; the signed link stands in for the API key, once.
+    Every upload streams into a temporary file of its own; the first to finish wins the
+    link, and a concurrent or later upload is refused with 409, its bytes dropped."""
     app = app_of(request)
     if account is None or expires is None or signature is None or not verify(
         app.signing_secret, handler, account, expires, signature, now=time.time(),
         purpose=UPLOAD_PURPOSE,
     ):
         raise PermissionDenied(INVALID_UPLOAD, code="invalid_upload_link")
-    try:
-        await app.store.get_file(account, handler)
-    except NotFound:
-        pass
-    else:  # a link uploads once
-        raise PermissionDenied(INVALID_UPLOAD, code="invalid_upload_link")
+    if handler in _committing or await _already_stored(app, account, handler):
+        raise _link_used()  # refused before reading the body
     s = app.settings
     writer = app.blobs.writer(handler, max_bytes=s.max_file_bytes)
+    size = 0
     try:
         async for chunk in request.stream():
+            size += len(chunk)
             writer.write(chunk)
+        if size == 0:
+            raise InvalidRequest("The file is empty.", param="file", code="empty_file")
+        if handler in _committing:  # another upload through this link is committing
+            raise _link_used()
     except BaseException:
         writer.abort()
         raise
-    info = await writer.commit()
-    if info.bytes == 0:
-        await app.blobs.delete(handler)
-        raise InvalidRequest("The file is empty.", param="file", code="empty_file")
-    now = int(time.time())
-    record = FileRecord(handler, account, f"{handler}.jsonl", "batch", info.bytes, info.sha256,
-                        now, now + s.file_expiry_seconds, info.lines)
+    _committing.add(handler)  # no await since the check above: this upload owns the link
     try:
-        await app.store.create_file(record)
-    except Exception as e:  # a second upload through the same link raced this one
-        await app.blobs.delete(handler)
-        raise Conflict("This upload link was already used.", param="handler") from e
+        try:
+            if await _already_stored(app, account, handler):  # an earlier upload won
+                raise _link_used()
+        except BaseException:
+            writer.abort()
+            raise
+        info = await writer.commit()
+        now = int(time.time())
+        record = FileRecord(handler, account, f"{handler}.jsonl", "batch", info.bytes,
+                            info.sha256, now, now + s.file_expiry_seconds, info.lines)
+        try:
+            await app.store.create_file(record)
+        except BaseException:
+            await app.blobs.delete(handler)
+            raise
+    finally:
+        _committing.discard(handler)
     return JSON({"handler": handler, "bytes": info.bytes, "sha256": info.sha256})
 
 
@@ -168,6 +222,7 @@ async def create(
             completion_window=app.settings.completion_windows[0],
             metadata=_batch_dict(body.get("batch_dict")),
             hash=body.get("hash"),
+            metadata_json=True,
         ),
         names={"input_file_id": "handler", "endpoint": "operation", "metadata": "batch_dict"},
     )
@@ -190,21 +245,40 @@ async def get(
     return JSON(view)
 
 
+def _timestamp(value: str, param: str) -> Decimal:
+    """A ``ge``/``le`` timestamp: a finite, non-negative number of seconds, read exactly
+    (decimals are milliseconds, not binary fractions). Values past MAX_TS mean the same as
+    MAX_TS, later than any batch."""
+    try:
+        seconds = Decimal(value)
+    except InvalidOperation:
+        seconds = Decimal("NaN")
+    if not seconds.is_finite() or seconds < 0:
+        raise InvalidRequest(
+            f"Invalid value for '{param}': it must be a timestamp, a finite number of "
+            "seconds since the Unix epoch, at least 0.",
+            param=param, code="invalid_value",
+        )
+    return min(seconds, MAX_TS)
+
+
 @router.get("")
 async def list_(
     request: Request,
     caller: Annotated[Caller, Depends(require(Action.GET_BATCHES))],
     cursor: str | None = None,
-    ge: Annotated[float | None, Query(ge=0)] = None,
-    le: Annotated[float | None, Query(ge=0)] = None,
+    ge: str | None = None,
+    le: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
 ) -> JSON:
     """With only ``ge``, counting starts at ``ge`` (oldest first); otherwise it starts at
-    ``le`` or now (newest first)."""
+    ``le`` or now (newest first). ``ge``/``le`` are Unix seconds, compared with the
+    batches' creation times to the millisecond, bounds included."""
+    after_ms = None if ge is None else math.ceil(_timestamp(ge, "ge") * 1000)
+    before_ms = None if le is None else math.floor(_timestamp(le, "le") * 1000)
     page = await app_of(request).store.list_batches(
         caller.account, after=cursor, limit=limit,
-        created_after=None if ge is None else math.ceil(ge),  # created_at is whole seconds
-        created_before=None if le is None else int(le),
+        created_after_ms=after_ms, created_before_ms=before_ms,
         oldest_first=ge is not None and le is None,
     )
     return JSON({

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from fastapi import Request
 
-from barge.exceptions import InvalidRequest
+from barge.exceptions import InvalidRequest, PayloadTooLarge
 
 if TYPE_CHECKING:
     from barge.app import App
@@ -26,11 +26,30 @@ def public_base(request: Request) -> str:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 saying why not."""
+    """The request body as a JSON object, or a 400 saying why not (413 when it is over
+    ``--max-json-bytes``: reading stops there, nothing more is held)."""
+    limit = app_of(request).settings.max_json_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidRequest("The request body is not valid JSON.") from e
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.",
+                           code="request_too_large")

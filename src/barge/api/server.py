@@ -6,12 +6,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from barge import __version__
 from barge.api import admin, batches, compact, downloads, errors, files
+from barge.api.middleware import ResponseHeaders
 from barge.api.responses import JSON
 from barge.app import App
 from barge.settings import Settings
+
+
+class BargeAPI(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outermost, so that answers of the error handlers get the headers too.
+        return ResponseHeaders(super().build_middleware_stack())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -21,8 +29,8 @@ def create_app(settings: Settings) -> FastAPI:
             web.state.barge = app
             yield
 
-    web = FastAPI(title="Barge", version=__version__, lifespan=lifespan,
-                  default_response_class=JSON)
+    web = BargeAPI(title="Barge", version=__version__, lifespan=lifespan,
+                   default_response_class=JSON)
     errors.install(web)
     web.include_router(files.router)
     web.include_router(batches.router)
@@ -32,6 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @web.get("/healthz", include_in_schema=False)
     async def healthz() -> JSON:
-        return JSON({"status": "ok"})
+        # 200 whenever Barge itself serves; whether the upstream answers is told apart.
+        app: App = web.state.barge
+        return JSON({"status": "ok", "upstream": app.upstream_health.as_json()})
 
     return web

@@ -31,6 +31,7 @@ class BatchRequest:
     metadata: Any = None
     output_expiry_seconds: int | None = None
     hash: Any = None
+    metadata_json: bool = False  # metadata values are JSON texts (compact batch_dict)
 
 
 async def submit_batch(
@@ -75,7 +76,8 @@ async def submit_batch(
             f"File {req.input_file_id} has purpose {source.purpose!r}; a batch needs 'batch'.",
             param=name("input_file_id"), code="invalid_value",
         )
-    now = time.time()
+    now_ms = time.time_ns() // 1_000_000
+    created_at = now_ms // 1000  # the whole seconds of created_ms, never one more
     record = BatchRecord(
         id=new_batch_id(),
         account=caller.account,
@@ -83,13 +85,15 @@ async def submit_batch(
         completion_window=req.completion_window,
         input_file_id=req.input_file_id,
         status=Status.NEW,
-        created_at=int(now),
-        updated_at=now,
-        expires_at=int(now) + seconds,
+        created_at=created_at,
+        updated_at=now_ms / 1000,
+        expires_at=created_at + seconds,
         metadata=req.metadata,
         total=0,
         output_expiry_seconds=req.output_expiry_seconds,
         hash=req.hash,
+        created_ms=now_ms,
+        metadata_json=req.metadata_json,
     )
     await app.store.create_batch(record)
     if app.engine is not None:

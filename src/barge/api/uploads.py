@@ -14,6 +14,8 @@ from barge.blobs.protocol import Blobs, BlobWriter
 from barge.exceptions import InvalidRequest
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_PARTS = 16  # the SDK sends 2 to 4 (file, purpose, expires_after[...])
+MAX_PART_HEADER_BYTES = 8 * 1024  # all the headers of one part
 
 
 @dataclass
@@ -38,6 +40,8 @@ class _Parts:
         self._in_file = False
         self.saw_file = False
         self.utf8_ok = True
+        self._parts = 0
+        self._part_header_bytes = 0
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -51,12 +55,25 @@ class _Parts:
         }
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise InvalidRequest(f"The multipart body has more than {MAX_PARTS} parts.",
+                                 code="too_many_parts")
         self._headers, self._name, self._value, self._in_file = {}, None, bytearray(), False
+        self._part_header_bytes = 0
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._part_header_bytes += n
+        if self._part_header_bytes > MAX_PART_HEADER_BYTES:
+            raise InvalidRequest(f"The headers of a multipart part are longer than "
+                                 f"{MAX_PART_HEADER_BYTES} bytes.", code="part_headers_too_large")
 
     def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_field += data[start:end]
 
     def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_value += data[start:end]
 
     def _header_end(self) -> None:

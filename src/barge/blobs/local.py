@@ -1,4 +1,5 @@
-"""Blobs on the local disk: one file per key, written to a temporary name, fsynced, renamed."""
+"""Blobs on the local disk: one file per key, written to a temporary name of its own,
+fsynced, renamed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -96,8 +98,10 @@ class LocalBlobs:
         return self._root / key
 
     def writer(self, key: str, *, max_bytes: int) -> LocalWriter:
+        """Each writer has a temporary file of its own, even for the same key: concurrent
+        uploads never write into one another's bytes (the last to commit replaces)."""
         final = self._path(key)
-        return LocalWriter(final, self._tmp / f"{key}.upload", max_bytes)
+        return LocalWriter(final, self._tmp / f"{key}.{secrets.token_hex(8)}.upload", max_bytes)
 
     async def publish(self, key: str, source: Path) -> None:
         final = self._path(key)

@@ -85,6 +85,12 @@ class BatchRecord:
     output_expiry_seconds: int | None = None  # output_expires_after.seconds, if given
     hash: str | None = None  # SHA-256 the client gave at create, checked before any request
     usage: Usage = NO_USAGE  # tokens of the results recorded so far
+    # Creation time in Unix milliseconds (created_at is its whole seconds); None for a
+    # batch stored before it was kept.
+    created_ms: int | None = None
+    # Metadata values are JSON texts (the compact dialect's batch_dict), not plain strings
+    # (OpenAI metadata); None for a batch stored before this was kept.
+    metadata_json: bool | None = False
 
     def replace(self, **changes: Any) -> BatchRecord:
         return dataclasses.replace(self, **changes)

@@ -68,6 +68,21 @@ BUILTIN_ROLES: dict[str, Role] = {
 }
 
 
+def missing_grants(holder: Role, wanted: Role) -> tuple[list[str], list[str]]:
+    """What ``wanted`` allows that ``holder`` does not, as (actions, operations): a key
+    may hand on only what it holds itself. The built-in admin role is handed on by
+    admin keys alone, however much another role holds."""
+    admin = BUILTIN_ROLES["admin"]
+    if wanted == admin and holder != admin:
+        return sorted(a.value for a in wanted.actions), sorted(wanted.operations)
+    actions = sorted(a.value for a in wanted.actions - holder.actions)
+    if ANY_OPERATION in holder.operations:
+        operations: list[str] = []
+    else:
+        operations = sorted(wanted.operations - holder.operations)
+    return actions, operations
+
+
 class InvalidRole(ValueError):
     """A role definition that breaks a rule; ``param`` names the field at fault."""
 

@@ -35,8 +35,8 @@ def file_object(f: FileRecord) -> dict[str, Any]:
 
 
 def batch_object(b: BatchRecord) -> dict[str, Any]:
-    """The Batch object, plus Barge's fine-grained ``barge_status`` and ``updated_at``,
-    and ``hash`` when one was given at create."""
+    """The Batch object, plus Barge's fine-grained ``barge_status`` and ``updated_at``
+    (whole Unix seconds, like ``created_at``), and ``hash`` when one was given at create."""
     obj = {
         "id": b.id,
         "object": "batch",
@@ -63,7 +63,7 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
         "usage": b.usage.as_openai() if b.usage else None,
         "metadata": b.metadata,
         "barge_status": b.status.value,
-        "updated_at": b.updated_at,
+        "updated_at": int(b.updated_at),
     }
     if b.hash is not None:
         obj["hash"] = b.hash

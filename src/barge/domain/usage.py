@@ -1,9 +1,17 @@
-"""Token usage: read from each upstream answer, summed per batch (the Batch's ``usage``)."""
+"""Token usage: read from each upstream answer, summed per batch (the Batch's ``usage``).
+
+An upstream's numbers are not trusted: a value that is not a plain integer in
+``0..MAX_TOKENS`` counts as zero (the answer itself keeps it verbatim), and sums saturate
+at ``MAX_TOKENS``, so no total can overflow SQLite's 64-bit integers or lose precision in
+a JSON reader that holds numbers as doubles.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+MAX_TOKENS = 2**53  # the largest count taken from one answer, and the most a sum holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,11 +22,12 @@ class Usage:
     reasoning_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
+        """The sum, each field saturating at MAX_TOKENS."""
         return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cached_tokens + other.cached_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
+            min(self.input_tokens + other.input_tokens, MAX_TOKENS),
+            min(self.output_tokens + other.output_tokens, MAX_TOKENS),
+            min(self.cached_tokens + other.cached_tokens, MAX_TOKENS),
+            min(self.reasoning_tokens + other.reasoning_tokens, MAX_TOKENS),
         )
 
     def __bool__(self) -> bool:
@@ -38,7 +47,9 @@ NO_USAGE = Usage()
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A token count, or 0 for anything else: negative, over MAX_TOKENS, a float (even
+    7.0), a string, a bool, null, a container."""
+    return value if type(value) is int and 0 < value <= MAX_TOKENS else 0
 
 
 def _detail(usage: dict[str, Any], key: str, *containers: str) -> int:
@@ -52,7 +63,7 @@ def _detail(usage: dict[str, Any], key: str, *containers: str) -> int:
 def usage_of(body: Any) -> Usage:
     """The tokens an answer reports: chat/completions/embeddings name them
     ``prompt_tokens``/``completion_tokens``, responses ``input_tokens``/``output_tokens``.
-    Anything missing or malformed counts as zero."""
+    Anything missing, malformed or absurd counts as zero."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return NO_USAGE

@@ -47,6 +47,17 @@ class ParsedLine:
     body: dict[str, Any]
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def bom_length(head: bytes) -> int:
+    """Bytes of a UTF-8 byte-order mark at the start of a file (``head``: its first
+    bytes). The mark is no part of the first line: slices start after it, so every
+    reader of lines (validation, dispatch, expiry) skips it, while the file's bytes (and
+    their SHA-256) stay as uploaded."""
+    return len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0
+
+
 def is_blank(raw: bytes) -> bool:
     """Whitespace-only lines carry no request and are skipped, not counted."""
     return not raw.strip()

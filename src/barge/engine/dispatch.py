@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from barge.domain.ids import new_request_id
-from barge.domain.results import ResultCodes, error_line, output_line
+from barge.domain.results import ResultCodes, error_line, json_fragment, output_line
 from barge.domain.usage import NO_USAGE, Usage, usage_of
 from barge.engine.limiter import AdaptiveLimiter, Outcome
 from barge.engine.retry import backoff, is_retryable_status, retry_after
 from barge.exceptions import UpstreamError
-from barge.upstreams.client import Reply, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
+from barge.upstreams.client import (
+    Reply,
+    UpstreamClient,
+    UpstreamResponseTooLarge,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 log = logging.getLogger("barge.dispatch")
 
@@ -36,19 +43,105 @@ class RetryPolicy:
     backoff_max: float
 
 
-def _json_or_none(data: bytes) -> Any:
+NOT_JSON: Any = object()  # what _parse returns for a body that is not one JSON text
+ERROR_TEXT_BYTES = 2048  # how much of a body that is not JSON an error line keeps
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(data: bytes) -> Any:
+    """The value of a JSON body, or NOT_JSON. orjson decides nearly always; what it
+    refuses but is still valid JSON (a number beyond a double's range, an escaped lone
+    surrogate) gets a second look from the stdlib parser, strict UTF-8 and without its
+    NaN/Infinity extensions. The value serves only to read usage: the line
+    keeps the body's own bytes (orjson reads integers past 64 bits as floats)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return None
+        pass
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return NOT_JSON
+
+
+def _text(data: bytes) -> str:
+    return data[:ERROR_TEXT_BYTES].decode("utf-8", "replace")
 
 
 def _error_body(data: bytes) -> Any:
-    """An upstream's error body as JSON where it is JSON, else as (truncated) text."""
-    parsed = _json_or_none(data)
-    if parsed is not None:
-        return parsed
-    return data[:2048].decode("utf-8", "replace")
+    """An upstream's error body verbatim where it is JSON, else as (truncated) text."""
+    return json_fragment(data) if _parse(data) is not NOT_JSON else _text(data)
+
+
+# Digits and "." become "0", all else " ": a run of 16 zeros then marks a number of 16
+# digits or more (or a false alarm: digits in a string), found at C speed, ~1 ns a byte.
+_DIGITS = bytes(0x30 if chr(b) in "0123456789." else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 16
+_DECODER = json.JSONDecoder()
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while text[i] in " \t\n\r":
+        i += 1
+    return i
+
+
+def _member_text(text: str, name: str) -> str:
+    """The source text of the value of a JSON object's top-level member ``name`` (the
+    last of that name, as orjson keeps), found with the stdlib's scanner."""
+    found: str | None = None
+    i = _skip_ws(text, 0)
+    if text[i] != "{":
+        raise ValueError("not an object")
+    i = _skip_ws(text, i + 1)
+    while text[i] != "}":
+        key, i = _DECODER.raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text[i] != ":":
+            raise ValueError("no colon")
+        start = _skip_ws(text, i + 1)
+        _, i = _DECODER.raw_decode(text, start)
+        if key == name:
+            found = text[start:i]
+        i = _skip_ws(text, i)
+        if text[i] == ",":
+            i = _skip_ws(text, i + 1)
+        elif text[i] != "}":
+            raise ValueError("no comma")
+    if found is None:
+        raise KeyError(name)
+    return found
+
+
+def _request_body(raw: bytes, line: dict[str, Any]) -> bytes:
+    """The bytes to send for a line's ``body``. orjson reads a number of 16 digits or more
+    as a double where it does not fit (integers past 64 bits, long decimals) and would
+    send another value; a line with such a run of digits sends its body's own text."""
+    if _LONG_RUN in raw.translate(_DIGITS):
+        try:
+            return _member_text(raw.decode("utf-8"), "body").encode("utf-8")
+        except (ValueError, KeyError, IndexError, RecursionError):
+            log.warning("could not take %s's body verbatim; sending it re-encoded",
+                        line.get("custom_id"))
+    return orjson.dumps(line["body"])
+
+
+def _request_id(headers: Mapping[str, str]) -> str:
+    """The upstream's x-request-id, as text that can be written (a header's bytes that
+    are not UTF-8 become U+FFFD), or a fresh id where it sent none."""
+    rid = headers.get("x-request-id")
+    if not rid:
+        return new_request_id()
+    if not rid.isascii():  # aiohttp keeps bytes that are not UTF-8 as lone surrogates
+        try:
+            raw = rid.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = rid.encode("utf-8", "surrogatepass")
+        rid = raw.decode("utf-8", "replace")
+    return rid
 
 
 OVERLOAD_STATUSES = frozenset({429, 503})  # answers that mean "send me less"
@@ -83,17 +176,17 @@ class Dispatcher:
         line = orjson.loads(raw)
         custom_id: str = line["custom_id"]
         try:
-            return await self._attempts(line, custom_id, stopping)
+            return await self._attempts(raw, line, custom_id, stopping)
         except Exception as e:  # a bug must cost one request, never wedge the batch
             log.exception("request %s failed unexpectedly", custom_id)
             return Result(False, error_line(custom_id, ResultCodes.INTERNAL_ERROR,
                                             f"Barge failed on this request: {type(e).__name__}"))
 
     async def _attempts(
-        self, line: dict[str, Any], custom_id: str, stopping: Callable[[], bool]
+        self, raw: bytes, line: dict[str, Any], custom_id: str, stopping: Callable[[], bool]
     ) -> Result | None:
         endpoint: str = line["url"]
-        body = orjson.dumps(line["body"])
+        body = _request_body(raw, line)
         policy = self._policy
         attempt = 0
         unreachable = 0
@@ -113,6 +206,10 @@ class Dispatcher:
                 if not await _pause(max(delay, policy.backoff_base / 2), stopping):
                     return None
                 continue
+            except UpstreamResponseTooLarge as e:
+                # Final: the same upstream would send the same flood again.
+                return Result(False, error_line(
+                    custom_id, ResultCodes.UPSTREAM_RESPONSE_TOO_LARGE, e.message))
             except UpstreamError as e:
                 if last_try:
                     code = (
@@ -155,35 +252,33 @@ class Dispatcher:
     @staticmethod
     def _classify(custom_id: str, reply: Reply, last_try: bool) -> Result | None:
         """The final result for this reply, or None to try again."""
-        request_id = reply.headers.get("x-request-id") or new_request_id()
-        if 200 <= reply.status < 300:
-            parsed = _json_or_none(reply.body)
-            if parsed is not None:
-                return Result(True, output_line(custom_id, reply.status, request_id, parsed),
-                              usage_of(parsed))
+        status = reply.status
+        if 200 <= status < 300:
+            parsed = _parse(reply.body)
+            if parsed is not NOT_JSON:
+                line = output_line(custom_id, status, _request_id(reply.headers),
+                                   json_fragment(reply.body))
+                return Result(True, line, usage_of(parsed))
             if not last_try:
                 return None
+            # There is an answer, so ``response`` keeps it (the body as text); but Barge
+            # refused it, so unlike an HTTP error this line also says why in ``error``.
             return Result(
                 False,
                 error_line(
                     custom_id,
                     ResultCodes.INVALID_UPSTREAM_RESPONSE,
                     "The upstream answered with a body that is not JSON.",
-                    status_code=reply.status,
-                    request_id=request_id,
-                    body=reply.body[:2048].decode("utf-8", "replace"),
+                    status_code=status,
+                    request_id=_request_id(reply.headers),
+                    body=_text(reply.body),
                 ),
             )
-        if is_retryable_status(reply.status) and not last_try:
+        if is_retryable_status(status) and not last_try:
             return None
+        # A final HTTP error (redirects included: they are never followed) is the
+        # upstream's answer, recorded as OpenAI's error files do: response, error null.
         return Result(
             False,
-            error_line(
-                custom_id,
-                ResultCodes.UPSTREAM_HTTP_ERROR,
-                f"The upstream answered with HTTP {reply.status}.",
-                status_code=reply.status,
-                request_id=request_id,
-                body=_error_body(reply.body),
-            ),
+            output_line(custom_id, status, _request_id(reply.headers), _error_body(reply.body)),
         )

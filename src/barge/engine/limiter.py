@@ -36,6 +36,7 @@ class AdaptiveLimiter:
         self._in_flight = 0
         self._round = 0  # bumped at every cut
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self.cuts = 0
 
     @property
@@ -45,6 +46,26 @@ class AdaptiveLimiter:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def has_room(self) -> bool:
+        """Whether a new request would get a slot at once (no one waits for one)."""
+        return self._in_flight + len(self._waiters) < self.limit
+
+    async def room(self) -> None:
+        """Wait until ``has_room``: the worker pool takes a new request only then, so
+        requests wait in its fair queues rather than in this limiter's FIFO."""
+        while not self.has_room():
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._room_waiters.remove(waiter)
+                else:  # woken, but leaving: pass the wake-up on
+                    self._wake_room(self.limit - self._in_flight - len(self._waiters))
+                raise
 
     async def acquire(self) -> int:
         """Wait for a slot; returns the round it was granted in (give it to ``release``)."""
@@ -57,6 +78,7 @@ class AdaptiveLimiter:
                 if waiter.cancelled():
                     with contextlib.suppress(ValueError):
                         self._waiters.remove(waiter)
+                    self._wake_room(self.limit - self._in_flight - len(self._waiters))
                 else:
                     self._wake()  # woken, but leaving: pass the wake-up on
                 raise
@@ -86,6 +108,14 @@ class AdaptiveLimiter:
         free = self.limit - self._in_flight
         while free > 0 and self._waiters:
             waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+        self._wake_room(free)
+
+    def _wake_room(self, free: int) -> None:
+        while free > 0 and self._room_waiters:
+            waiter = self._room_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 free -= 1

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from barge.blobs.protocol import Blobs
@@ -20,17 +22,18 @@ from barge.domain.validation import LineCodes, is_blank
 from barge.engine.dispatch import Dispatcher
 from barge.engine.finalize import merge_results, part_path, result_file_id
 from barge.engine.parts import PartWriter, done_map
-from barge.engine.pool import Job, SliceTracker, WorkerPool
+from barge.engine.pool import Job, Lane, SliceTracker, WorkerPool
 from barge.engine.purge import purge_batch, sha256_file
 from barge.engine.reaper import reap_expired_files
-from barge.engine.scan import scan_input
+from barge.engine.scan import ScanResult, scan_input
 from barge.exceptions import Conflict, NotFound
 from barge.settings import Settings
 from barge.store.protocol import Store
 
 log = logging.getLogger("barge.engine")
 
-# Statuses in which the completion window still matters.
+# Statuses in which the completion window still matters; a batch in one of them whose
+# window has not ended needs an active slot (it may send requests).
 _EXPIRABLE = frozenset(
     {Status.NEW, Status.COPYING, Status.COPIED, Status.VALIDATING, Status.PROCESSING}
 )
@@ -41,17 +44,18 @@ _SIMPLE_MOVES = {
     Status.PROCESSED: (Status.WRITING_RESULTS,),
     Status.CANCEL: (Status.CANCELLING,),
 }
-MAX_ACTIVE_BATCHES = 64
 REAP_INTERVAL = 60.0  # seconds between sweeps for expired files
 
 
 class BatchRun:
     """A batch in ``processing`` on this node: its part writers and why it stops."""
 
-    def __init__(self, batch: BatchRecord, store: Store) -> None:
+    def __init__(self, batch: BatchRecord, store: Store, pool: WorkerPool) -> None:
         self.batch = batch
         self.stop_reason: str | None = None
         self.writers: dict[int, PartWriter] = {}
+        self.lane: Lane = pool.lane(batch.account)
+        self._pool = pool
         self._store = store
         self._flush_lock = asyncio.Lock()
         self._broken = False
@@ -62,6 +66,7 @@ class BatchRun:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self._pool.drop(self.lane)  # its queued requests are never sent
 
     async def flush(self) -> None:
         """Make buffered results durable, then acknowledge them in the Store. After a
@@ -93,6 +98,7 @@ class Engine:
         self._pool = WorkerPool(dispatcher, settings.upstream_concurrency)
         self._wake = asyncio.Event()
         self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._slots: dict[str, str] = {}  # batch id -> account, of drivers holding a slot
         self._runs: dict[str, BatchRun] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -146,18 +152,64 @@ class Engine:
             except Exception:
                 log.exception("cannot list unfinished batches")
                 batches = []
-            for b in batches:
-                if b.id in self._drivers or len(self._drivers) >= MAX_ACTIVE_BATCHES:
-                    continue
+            self._wake.clear()
+            for b in self._admit(batches):
                 task = asyncio.create_task(self._drive(b.id), name=f"drive-{b.id}")
                 self._drivers[b.id] = task
                 task.add_done_callback(functools.partial(self._forget_driver, b.id))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
+    def _admit(self, batches: list[BatchRecord]) -> list[BatchRecord]:
+        """Which of the unfinished ``batches`` (oldest first) to start driving now.
+
+        A batch that may still send requests (its window open, not past processing)
+        needs a slot: at most ``max_active_batches_per_account`` of one account hold one,
+        and at most ``max_active_batches`` in all — except that an account with none
+        running may always start one, so a new account never waits for the others'
+        batches. Free slots go to the account with the fewest running, then to the one
+        whose waiting batch is oldest; within an account, batches start in creation
+        order. Everything else (writing results, a cancel, a window that has ended) only
+        ends a batch, and starts at once."""
+        s = self._settings
+        now = time.time()
+        chosen: list[BatchRecord] = []
+        waiting: dict[str, list[BatchRecord]] = {}
+        for b in batches:
+            if b.id in self._drivers:
+                continue
+            if b.status in _EXPIRABLE and now < b.expires_at:
+                waiting.setdefault(b.account, []).append(b)
+            else:
+                chosen.append(b)
+        if not waiting:
+            return chosen
+        free = s.max_active_batches - len(self._slots)
+        running = Counter(self._slots.values())
+        cap = s.max_active_batches_per_account
+        order = {b.id: n for n, b in enumerate(batches)}
+        turns = [(running[a], order[bs[0].id], a) for a, bs in waiting.items()
+                 if running[a] < cap]
+        heapq.heapify(turns)
+        taken = dict.fromkeys(waiting, 0)
+        while turns:
+            count, _, account = heapq.heappop(turns)
+            if free <= 0 and count > 0:
+                break  # at the global cap only accounts with none running start one
+            b = waiting[account][taken[account]]
+            taken[account] += 1
+            self._slots[b.id] = account
+            chosen.append(b)
+            free -= 1
+            if count + 1 < cap and taken[account] < len(waiting[account]):
+                nxt = waiting[account][taken[account]]
+                heapq.heappush(turns, (count + 1, order[nxt.id], account))
+        return chosen
+
     def _forget_driver(self, batch_id: str, _: asyncio.Task[None]) -> None:
         self._drivers.pop(batch_id, None)
+        if self._slots.pop(batch_id, None) is not None:
+            self._wake.set()  # a slot is free: let a waiting batch have it now
 
     # -- one batch ---------------------------------------------------------------
 
@@ -182,7 +234,11 @@ class Engine:
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
 
     async def _step(self, b: BatchRecord) -> str | None:
-        if b.status in _EXPIRABLE and time.time() >= b.expires_at:
+        # A window that ends before processing (queued, copying, validating, or while
+        # the server was down) lets validation run on: only it tells the requests, each
+        # of which must then be in the error file once. A bad file still fails; a good
+        # one expires right after validation, sending nothing (see ``_validate``).
+        if b.status is Status.PROCESSING and time.time() >= b.expires_at:
             await self._finish(b, Status.EXPIRED, expire_rest=True)
         elif b.status is Status.NEW:
             path: tuple[Status, ...] = (Status.COPYING,)
@@ -251,6 +307,10 @@ class Engine:
         if scan.errors:
             log.info("batch %s: %d bad lines", b.id, scan.error_count)
             await self._store.fail_validation(b.id, errors=scan.errors, total=scan.total)
+        elif time.time() >= b.expires_at:
+            # The window ended before any request was sent: every request of the file
+            # goes to the error file as batch_expired, and nothing is sent.
+            await self._finish(b, Status.EXPIRED, expire_rest=True, scan=scan)
         else:
             await self._store.start_processing(
                 b.id, slices=scan.slices, total=scan.total, model=scan.model
@@ -261,7 +321,7 @@ class Engine:
     async def _process(self, b: BatchRecord) -> str:
         """Dispatch every request without a durable result; returns why it stopped:
         done, cancel, expire, shutdown or error."""
-        run = BatchRun(b, self._store)
+        run = BatchRun(b, self._store, self._pool)
         if self._stopping:
             return "shutdown"
         self._runs[b.id] = run
@@ -321,7 +381,7 @@ class Engine:
                     continue
                 if run.stopping():
                     break
-                await self._pool.submit(Job(run.stopping, tracker, i, raw))
+                await self._pool.submit(run.lane, Job(run.stopping, tracker, i, raw))
         return tracker
 
     @staticmethod
@@ -331,11 +391,15 @@ class Engine:
         if not run.stopping():
             tracker.writer.mark_done()
 
-    async def _finish(self, b: BatchRecord, to: Status, *, expire_rest: bool) -> None:
-        """Write the output and error files, publish them, and end the batch, at once."""
+    async def _finish(
+        self, b: BatchRecord, to: Status, *, expire_rest: bool, scan: ScanResult | None = None
+    ) -> None:
+        """Write the output and error files, publish them, and end the batch, at once.
+        With ``scan``, the batch has just been validated and has no slices in the store:
+        its slices (and request count) are the scan's, none with a result."""
         s = self._settings
         started = time.monotonic()
-        slices = await self._store.list_slices(b.id)
+        slices = scan.slices if scan is not None else await self._store.list_slices(b.id)
         try:
             input_path = self._blobs.local_path(b.input_file_id)
         except NotFound:
@@ -351,6 +415,8 @@ class Engine:
         now = int(time.time())
         files: list[FileRecord] = []
         fields: dict[str, object] = {"completed": merged.completed, "failed": merged.failed}
+        if scan is not None:
+            fields |= {"total": scan.total, "model": scan.model}
         for kind, written, field in (
             ("output", merged.output, "output_file_id"),
             ("errors", merged.errors, "error_file_id"),
@@ -373,7 +439,23 @@ class Engine:
                 )
             )
             fields[field] = file_id
-        await self._store.finish(b.id, to, files=files, **fields)
+        try:
+            await self._store.finish(b.id, to, files=files, **fields)
+        except Conflict:
+            # Raced with a cancel (the batch moved on): the files published above belong
+            # to no record, so they go; the next step ends the batch as it now is.
+            await self._unpublish(b.id, files)
+            raise
         shutil.rmtree(s.work_dir / b.id, ignore_errors=True)
         log.info("batch %s: %s (%d ok, %d failed); results written in %.2fs", b.id, to.value,
                  merged.completed, merged.failed, time.monotonic() - started)
+
+    async def _unpublish(self, batch_id: str, files: list[FileRecord]) -> None:
+        current = await self._store.get_batch(None, batch_id)
+        for f in files:
+            if f.id not in (current.output_file_id, current.error_file_id):
+                try:
+                    await self._blobs.delete(f.id)
+                except Exception:
+                    log.exception("batch %s: cannot delete unused result file %s", batch_id,
+                                  f.id)

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barge.domain.models import LineError, Slice
-from barge.domain.validation import DuplicateTracker, LineCodes, is_blank, parse_line
+from barge.domain.validation import (
+    UTF8_BOM,
+    DuplicateTracker,
+    LineCodes,
+    bom_length,
+    is_blank,
+    parse_line,
+)
 
 MAX_REPORTED_ERRORS = 1000  # the batch's errors list keeps the first ones; the count is exact
 
@@ -44,10 +51,11 @@ def scan_input(
         )
         return result
     seen = DuplicateTracker()
-    offset = 0
-    slice_start_line, slice_start_offset = 0, 0
     line_index = -1
     with open(path, "rb") as fh:
+        offset = bom_length(fh.read(len(UTF8_BOM)))  # the first slice starts after a BOM
+        fh.seek(offset)
+        slice_start_line, slice_start_offset = 0, offset
         for line_index, raw in enumerate(fh):
             if line_index - slice_start_line == slice_lines:
                 result.slices.append(

@@ -48,7 +48,9 @@ class Store(Protocol):
 
     async def list_files(
         self, account: str, *, purpose: str | None, limit: int, order: str, after: str | None
-    ) -> Page[FileRecord]: ...
+    ) -> Page[FileRecord]:
+        """The page after the file ``after``, which may have been deleted since (the page
+        starts where it stood; NotFound only when the account never had it)."""
 
     async def delete_file(self, account: str, file_id: str) -> None:
         """Raises NotFound, or Conflict when an unfinished batch reads the file."""
@@ -71,9 +73,14 @@ class Store(Protocol):
         created_after: int | None = None,
         created_before: int | None = None,
         oldest_first: bool = False,
+        created_after_ms: int | None = None,
+        created_before_ms: int | None = None,
     ) -> Page[BatchRecord]:
-        """Newest first (or oldest first), the page after the batch ``after``;
-        ``created_after``/``created_before`` are inclusive bounds in Unix seconds."""
+        """Newest first (or oldest first), the page after the batch ``after`` (which may
+        have been deleted since: the page starts where it stood; NotFound only when the
+        account never had it); ``created_after``/``created_before`` are inclusive bounds
+        in Unix seconds, ``created_after_ms``/``created_before_ms`` in milliseconds (on
+        ``created_ms``); bounds beyond int64 act as its ends."""
 
     async def transition(
         self, batch_id: str, to: Status, *, only_from: Iterable[Status] | None = None,
@@ -131,10 +138,12 @@ class Store(Protocol):
 
     async def revoke_key(self, key_id: str) -> None: ...
 
-    # Custom roles.
-    async def create_role(self, role: Role) -> None:
-        """Raises Conflict when a role of that name exists."""
+    # Custom roles: each belongs to one account; names are unique within it.
+    async def create_role(self, account: str, role: Role) -> None:
+        """Raises Conflict when ``account`` has a role of that name."""
 
-    async def get_role(self, name: str) -> Role | None: ...
+    async def get_role(self, account: str, name: str) -> Role | None:
+        """``account``'s role of that name, or None (another account's never counts)."""
 
-    async def list_roles(self) -> list[Role]: ...
+    async def list_roles(self, account: str | None) -> list[tuple[str, Role]]:
+        """(account, role) pairs of ``account``, or of every account when None."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ import orjson
 from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
 from barge.domain.permissions import Role, make_role
 from barge.domain.status import CANCELLABLE, STAMPS, TERMINAL, Status, can_transition
-from barge.domain.usage import NO_USAGE, Usage
+from barge.domain.usage import MAX_TOKENS, NO_USAGE, Usage
 from barge.exceptions import Conflict, NotFound, StorageError, StoreUnavailable
 from barge.store.protocol import Page, SliceProgress
 
@@ -31,13 +32,22 @@ _BATCH_COLUMNS = (
     " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
     " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
     " cancelling_at, cancelled_at, output_expiry_seconds, hash, input_tokens, output_tokens,"
-    " cached_tokens, reasoning_tokens"
+    " cached_tokens, reasoning_tokens, created_ms, metadata_json"
 )
 _FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
 # Columns ``transition``/``finish`` may set besides status and timestamps.
 _SETTABLE = frozenset(
     {"output_file_id", "error_file_id", "total", "completed", "failed", "model", "errors"}
 )
+
+
+# Unfinished batches: the condition of the partial index ``batches_unfinished``
+# (migration 6), spelled as there so that SQLite uses the index.
+_UNFINISHED = (
+    "status NOT IN ('hash_mismatch', 'validation_failed', 'cancelled', 'expired',"
+    " 'completed', 'deleting')"
+)
+assert set(_UNFINISHED[15:-1].replace("'", "").split(", ")) == {*TERMINAL, Status.DELETING}
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -82,11 +92,42 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
         hash=row["hash"],
         usage=Usage(row["input_tokens"], row["output_tokens"], row["cached_tokens"],
                     row["reasoning_tokens"]),
+        created_ms=row["created_ms"],
+        metadata_json=None if row["metadata_json"] is None else bool(row["metadata_json"]),
     )
+
+
+# A batch's creation time in milliseconds; batches from before migration 7 have only
+# whole seconds.
+_CREATED_MS = "COALESCE(created_ms, created_at * 1000)"
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _clamp(n: int) -> int:
+    """A bound as a parameter SQLite takes: an int beyond int64 means the same as its
+    end of the range (no creation time comes near either)."""
+    return min(max(n, _INT64[0]), _INT64[1])
+
+
+def _position(db: sqlite3.Connection, table: str, object_id: str, account: str) -> int | None:
+    """Where ``object_id`` stands (or stood, before it was deleted) in ``table``'s list
+    order: a cursor naming a deleted object pages on from its place. None: the account
+    never had such an object."""
+    row = db.execute(
+        f"SELECT seq FROM {table} WHERE id=? AND account=?"
+        f" UNION ALL SELECT seq FROM {table}_gone WHERE id=? AND account=? LIMIT 1",
+        (object_id, account, object_id, account),
+    ).fetchone()
+    return None if row is None else int(row["seq"])
 
 
 def _file(row: sqlite3.Row) -> FileRecord:
     return FileRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118
+
+
+def _tokens(n: int) -> int:
+    """A token count as a parameter SQLite takes: within 0..MAX_TOKENS."""
+    return min(max(n, 0), MAX_TOKENS)
 
 
 def _slice(row: sqlite3.Row) -> Slice:
@@ -260,18 +301,17 @@ class SQLiteStore:
         desc = order == "desc"
 
         def q(db: sqlite3.Connection) -> Page[FileRecord]:
-            where, args = ["account=?"], [account]
+            where: list[str] = ["account=?"]
+            args: list[str | int] = [account]
             if purpose is not None:
                 where.append("purpose=?")
                 args.append(purpose)
             if after is not None:
-                row = db.execute(
-                    "SELECT seq FROM files WHERE id=? AND account=?", (after, account)
-                ).fetchone()
-                if row is None:
+                seq = _position(db, "files", after, account)
+                if seq is None:
                     raise NotFound(f"No such file: {after}", param="after")
                 where.append("seq < ?" if desc else "seq > ?")
-                args.append(row["seq"])
+                args.append(seq)
             rows = db.execute(
                 f"SELECT {_FILE_COLUMNS} FROM files WHERE {' AND '.join(where)}"
                 f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?",
@@ -321,11 +361,13 @@ class SQLiteStore:
             db.execute(
                 "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
                 " status, created_at, updated_at, expires_at, metadata, total,"
-                " output_expiry_seconds, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " output_expiry_seconds, hash, created_ms, metadata_json)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (b.id, b.account, b.endpoint, b.completion_window, b.input_file_id,
                  b.status.value, b.created_at, b.updated_at, b.expires_at,
                  orjson.dumps(b.metadata).decode() if b.metadata is not None else None,
-                 b.total, b.output_expiry_seconds, b.hash),
+                 b.total, b.output_expiry_seconds, b.hash, b.created_ms,
+                 None if b.metadata_json is None else int(b.metadata_json)),
             )
 
         await self._run(q)
@@ -358,24 +400,25 @@ class SQLiteStore:
         created_after: int | None = None,
         created_before: int | None = None,
         oldest_first: bool = False,
+        created_after_ms: int | None = None,
+        created_before_ms: int | None = None,
     ) -> Page[BatchRecord]:
         def q(db: sqlite3.Connection) -> Page[BatchRecord]:
             where: list[str] = ["account=?", "status != 'deleting'"]
             args: list[str | int] = [account]
-            if created_after is not None:
-                where.append("created_at >= ?")
-                args.append(created_after)
-            if created_before is not None:
-                where.append("created_at <= ?")
-                args.append(created_before)
+            bounds = (("created_at >= ?", created_after), ("created_at <= ?", created_before),
+                      (f"{_CREATED_MS} >= ?", created_after_ms),
+                      (f"{_CREATED_MS} <= ?", created_before_ms))
+            for clause, bound in bounds:
+                if bound is not None:
+                    where.append(clause)
+                    args.append(_clamp(bound))
             if after is not None:
-                row = db.execute(
-                    "SELECT seq FROM batches WHERE id=? AND account=?", (after, account)
-                ).fetchone()
-                if row is None:
+                seq = _position(db, "batches", after, account)
+                if seq is None:
                     raise NotFound(f"No such batch: {after}", param="after")
                 where.append("seq > ?" if oldest_first else "seq < ?")
-                args.append(row["seq"])
+                args.append(seq)
             rows = db.execute(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {' AND '.join(where)}"
                 f" ORDER BY seq {'ASC' if oldest_first else 'DESC'} LIMIT ?",
@@ -504,14 +547,18 @@ class SQLiteStore:
                  for p in progress],
             )
             usage = sum((p.usage for p in progress), NO_USAGE)
+            # Token sums saturate at MAX_TOKENS (far inside SQLite's int64): what an
+            # upstream reports can never make this statement fail and wedge the batch.
+            add = [_tokens(n) for n in (usage.input_tokens, usage.output_tokens,
+                                         usage.cached_tokens, usage.reasoning_tokens)]
             db.execute(
                 "UPDATE batches SET completed=completed+?, failed=failed+?, updated_at=?,"
-                " input_tokens=input_tokens+?, output_tokens=output_tokens+?,"
-                " cached_tokens=cached_tokens+?, reasoning_tokens=reasoning_tokens+?"
-                " WHERE id=?",
+                " input_tokens=MIN(input_tokens+?, ?), output_tokens=MIN(output_tokens+?, ?),"
+                " cached_tokens=MIN(cached_tokens+?, ?),"
+                " reasoning_tokens=MIN(reasoning_tokens+?, ?) WHERE id=?",
                 (sum(p.completed for p in progress), sum(p.failed for p in progress),
-                 time.time(), usage.input_tokens, usage.output_tokens, usage.cached_tokens,
-                 usage.reasoning_tokens, batch_id),
+                 time.time(), add[0], MAX_TOKENS, add[1], MAX_TOKENS, add[2], MAX_TOKENS,
+                 add[3], MAX_TOKENS, batch_id),
             )
 
         await self._run(q)
@@ -555,11 +602,8 @@ class SQLiteStore:
 
     async def unfinished_batches(self) -> list[BatchRecord]:
         def q(db: sqlite3.Connection) -> list[BatchRecord]:
-            placeholders = ",".join("?" * (len(TERMINAL) + 1))
             rows = db.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status NOT IN ({placeholders})"
-                " ORDER BY seq",
-                (*TERMINAL, Status.DELETING),
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {_UNFINISHED} ORDER BY seq"
             ).fetchall()
             return [_batch(r) for r in rows]
 
@@ -610,12 +654,13 @@ class SQLiteStore:
 
     # -- roles ----------------------------------------------------------------
 
-    async def create_role(self, role: Role) -> None:
+    async def create_role(self, account: str, role: Role) -> None:
         def q(db: sqlite3.Connection) -> None:
             try:
                 db.execute(
-                    "INSERT INTO roles (name, actions, operations, created_at) VALUES (?,?,?,?)",
-                    (role.name, orjson.dumps(sorted(role.actions)).decode(),
+                    "INSERT INTO roles (account, name, actions, operations, created_at)"
+                    " VALUES (?,?,?,?,?)",
+                    (account, role.name, orjson.dumps(sorted(role.actions)).decode(),
                      orjson.dumps(sorted(role.operations)).decode(), int(time.time())),
                 )
             except sqlite3.IntegrityError as e:
@@ -623,19 +668,25 @@ class SQLiteStore:
 
         await self._run(q)
 
-    async def get_role(self, name: str) -> Role | None:
+    async def get_role(self, account: str, name: str) -> Role | None:
         def q(db: sqlite3.Connection) -> Role | None:
             row = db.execute(
-                "SELECT name, actions, operations FROM roles WHERE name=?", (name,)
+                "SELECT name, actions, operations FROM roles WHERE account=? AND name=?",
+                (account, name),
             ).fetchone()
             return None if row is None else _role(row)
 
         return await self._read(q)
 
-    async def list_roles(self) -> list[Role]:
-        def q(db: sqlite3.Connection) -> list[Role]:
-            rows = db.execute("SELECT name, actions, operations FROM roles ORDER BY name")
-            return [_role(r) for r in rows.fetchall()]
+    async def list_roles(self, account: str | None) -> list[tuple[str, Role]]:
+        def q(db: sqlite3.Connection) -> list[tuple[str, Role]]:
+            if account is None:
+                rows = db.execute("SELECT account, name, actions, operations FROM roles"
+                                  " ORDER BY account, name")
+            else:
+                rows = db.execute("SELECT account, name, actions, operations FROM roles"
+                                  " WHERE account=? ORDER BY name", (account,))
+            return [(r["account"], _role(r)) for r in rows.fetchall()]
 
         return await self._read(q)
 
@@ -654,6 +705,23 @@ def _translate(e: BaseException) -> BaseException:
 
 
 def split_statements(sql: str) -> list[str]:
-    """Split a migration file into statements (it holds no triggers or string semicolons)."""
+    """Split a migration file into statements (no string in it holds a semicolon); a
+    ``CREATE TRIGGER`` stays whole, the statements of its ``BEGIN … END`` body included."""
     lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    statements: list[str] = []
+    pending = ""
+    for part in "\n".join(lines).split(";"):
+        pending = f"{pending};{part}" if pending else part
+        text = pending.strip()
+        if _TRIGGER.match(text) and not _TRIGGER_END.search(text):
+            continue  # inside a trigger's body
+        if text:
+            statements.append(text)
+        pending = ""
+    if pending.strip():
+        statements.append(pending.strip())
+    return statements
+
+
+_TRIGGER = re.compile(r"CREATE\s+(TEMP\s+|TEMPORARY\s+)?TRIGGER\b", re.I)
+_TRIGGER_END = re.compile(r"\bEND$", re.I)

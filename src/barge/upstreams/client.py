@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import NoReturn
 
 import aiohttp
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 from barge.exceptions import UpstreamError
 
 LARGE_BODY = 1 << 20  # bytes
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # one answer, after decompression
 
 
 class UpstreamTimeout(UpstreamError):
@@ -24,6 +27,16 @@ class UpstreamConnectionError(UpstreamError):
 
 class UpstreamUnreachable(UpstreamConnectionError):
     """No connection could be made at all: the upstream is down or not there yet."""
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """The answer's body, decompressed, grew past ``max_response_bytes``: reading stopped
+    there and the connection was dropped. Final for the request, never retried."""
+
+    def __init__(self, message: str, *, status: int, request_id: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +56,18 @@ class UpstreamClient:
     """One pooled aiohttp session for one upstream base URL."""
 
     def __init__(
-        self, base_url: str, *, api_key: str | None, timeout: float, max_connections: int
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        max_connections: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
+        self.max_response_bytes = max_response_bytes
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -73,7 +93,9 @@ class UpstreamClient:
 
     async def send(self, endpoint: str, body: bytes) -> Reply:
         """POST ``body`` to the upstream's ``endpoint``; raises UpstreamTimeout or
-        UpstreamConnectionError when no whole answer came back."""
+        UpstreamConnectionError when no whole answer came back, UpstreamResponseTooLarge
+        when the answer is over ``max_response_bytes``. Redirects are never followed: a
+        3xx is an answer like any other (the upstream is one fixed host)."""
         session = self._session
         if session is None:
             raise UpstreamConnectionError("The upstream client is closed.")
@@ -83,8 +105,8 @@ class UpstreamClient:
         try:
             # Large bodies go as a stream so aiohttp never writes them in one blocking call.
             payload = io.BytesIO(body) if len(body) > LARGE_BODY else body
-            async with session.post(url, data=payload) as resp:
-                data = await resp.read()
+            async with session.post(url, data=payload, allow_redirects=False) as resp:
+                data = await self._read(resp)
                 return Reply(resp.status, resp.headers, data)
         except TimeoutError as e:
             raise UpstreamTimeout(f"The upstream did not answer within {self._timeout.total}s.")\
@@ -94,3 +116,36 @@ class UpstreamClient:
         except aiohttp.ClientError as e:
             raise UpstreamConnectionError(f"Upstream connection failed: {type(e).__name__}: {e}")\
                 from e
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, decompressed, but never more than ``max_response_bytes`` of it
+        in memory: past the cap reading stops and the connection is closed."""
+        cap = self.max_response_bytes
+        length = resp.content_length
+        # Fast path: an unencoded body of known length is read exactly that far.
+        if length is not None and hdrs.CONTENT_ENCODING not in resp.headers:
+            if length > cap:
+                self._too_large(resp)
+            return await resp.read()
+        # Unknown length (chunked, or until close) or compressed (the length is the wire
+        # size, not what it inflates to): aiohttp inflates a bounded piece at a time as
+        # the body is read, so counting the pieces bounds memory by the cap.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                chunks.clear()
+                self._too_large(resp)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self, resp: aiohttp.ClientResponse) -> NoReturn:
+        resp.close()  # drop the connection: the rest of the body is never read
+        cap = self.max_response_bytes
+        raise UpstreamResponseTooLarge(
+            f"The upstream's answer (HTTP {resp.status}) is larger than the {cap} bytes "
+            "allowed (--max-response-bytes).",
+            status=resp.status,
+            request_id=resp.headers.get("x-request-id"),
+        )
