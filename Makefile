@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
+	scripts/postgres-up
 	$(PY) -m pytest
 
 lint: install

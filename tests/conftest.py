@@ -10,7 +10,9 @@ import pytest
 from barge_process import BargeProcess
 from upstream import UpstreamConfig, UpstreamServer
 
-for _name in [k for k in os.environ if k.startswith("BARGE_")]:
+# The app's settings are cleared; BARGE_TEST_* configure the tests themselves (such as
+# BARGE_TEST_DATABASE_URL, the PostgreSQL server the store tests use).
+for _name in [k for k in os.environ if k.startswith("BARGE_") and not k.startswith("BARGE_TEST_")]:
     del os.environ[_name]
 
 

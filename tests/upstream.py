@@ -96,6 +96,14 @@ def gzip_bomb(mib: int) -> bytes:
 ENDLESS_CHUNK = b"a" * 65536
 
 
+async def _cancel_the_rest() -> None:
+    """Cancel every other task of the running loop and wait for them to end."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _error_body(status: int, message: str) -> bytes:
     err_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     code = "rate_limit_exceeded" if status == 429 else None
@@ -239,6 +247,8 @@ class UpstreamServer:
         finally:
             try:
                 asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+                # Handlers still sleeping for a client that left (a cut-off request).
+                asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(10)
             finally:
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join(5)

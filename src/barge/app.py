@@ -137,7 +137,7 @@ class App:
         if self.engine is not None:
             self._lock = hold_engine_lock(self.settings.data_dir)
         await self.store.open()
-        self.blobs.clear_tmp()
+        await self.blobs.open()
         await self.client.open()
         self._probe.start()
         if self.engine is not None:

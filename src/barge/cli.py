@@ -1,4 +1,4 @@
-"""``barge``: serve, keys, demo. Every flag can also come from a ``BARGE_*`` variable."""
+"""``barge``: serve, keys, db, demo. Every flag can also come from a ``BARGE_*`` variable."""
 
 from __future__ import annotations
 
@@ -308,6 +308,34 @@ def keys_revoke(data_dir: Path, key_id: str) -> None:
     """Revoke a key by its id."""
     _run_with_store(data_dir, lambda store: store.revoke_key(key_id))
     click.echo(f"revoked {key_id}")
+
+
+@cli.group()
+def db() -> None:
+    """Manage a PostgreSQL database shared by many nodes."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", required=True, envvar="BARGE_DATABASE_URL", show_envvar=True,
+              help="The PostgreSQL database, as postgresql://user:password@host:port/name.")
+@click.option("--schema", default=None, envvar="BARGE_DATABASE_SCHEMA", show_envvar=True,
+              help="Keep Barge's tables in this PostgreSQL schema (made if missing) rather "
+                   "than the connection's default.")
+def db_upgrade(database_url: str, schema: str | None) -> None:
+    """Apply the migrations the database lacks and print its schema version. Safe to run
+    again, and while other nodes start: they wait for one another."""
+    from barge.store.postgres import PostgresStore
+
+    async def main() -> PostgresStore:
+        store = PostgresStore(database_url, schema=schema, max_size=1)
+        await store.open()
+        await store.close()
+        return store
+
+    store = asyncio.run(main())
+    done = (f"applied {', '.join(f'{v:04d}' for v in store.applied)}" if store.applied
+            else "already up to date")
+    click.echo(f"{store.where}: schema version {store.schema_version} ({done})")
 
 
 @cli.command()

@@ -9,6 +9,7 @@
     ├── Conflict            the object's state forbids the action (HTTP 409)
     ├── StorageError        the disk refused a write (HTTP 507 or 500)
     ├── StoreUnavailable    the metadata store failed (HTTP 503)
+    ├── BlobsUnavailable    the object store holding file bytes failed (HTTP 503)
     └── UpstreamError       the upstream could not be reached or answered badly
 """
 
@@ -63,6 +64,11 @@ class StorageError(BargeError):
 
 
 class StoreUnavailable(BargeError):
+    status_code = 503
+    error_type = "server_error"
+
+
+class BlobsUnavailable(BargeError):
     status_code = 503
     error_type = "server_error"
 

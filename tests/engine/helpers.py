@@ -99,7 +99,7 @@ def read_lines(app: App, file_id: str | None) -> list[dict[str, Any]]:
     """The parsed lines of a result file ([] for no file)."""
     if file_id is None:
         return []
-    raw = app.blobs.local_path(file_id).read_bytes()
+    raw = (app.settings.files_dir / file_id).read_bytes()  # local disk blobs
     assert raw == b"" or raw.endswith(b"\n")
     return [orjson.loads(x) for x in raw.splitlines()]
 
@@ -129,4 +129,4 @@ async def assert_file_records(app: App, b: BatchRecord, out: list[Any], err: lis
         rec = await app.store.get_file(b.account, file_id)
         assert rec.purpose == "batch_output"
         assert rec.lines == len(lines)
-        assert rec.bytes == app.blobs.local_path(file_id).stat().st_size
+        assert rec.bytes == (await app.blobs.local_path(file_id)).stat().st_size

@@ -197,7 +197,11 @@ async def test_expiry_mid_run(tmp_path: Path) -> None:
         assert x["response"] is None
     assert (b.total, b.completed, b.failed) == (n, len(out), len(err))
     assert len(out) + len(err) == n
-    assert set(up.stats.keys) == {x["custom_id"] for x in out}  # served → recorded
+    # Every recorded answer was served; what was in flight when the window ended (at
+    # most the concurrency) was cut off and expired, never recorded.
+    served, recorded = set(up.stats.keys), {x["custom_id"] for x in out}
+    assert recorded <= served
+    assert len(served - recorded) <= 4
 
 
 @pytest.mark.asyncio

@@ -49,6 +49,6 @@ async def test_reaper_deletes_expired_files_but_keeps_inputs_in_use(tmp_path: Pa
         assert not (tmp_path / "files" / expired.id).exists()
         for kept in (in_use, live, forever):
             assert (await store.get_file("acct", kept.id)).id == kept.id
-            assert blobs.local_path(kept.id).read_bytes() == b"{}\n"
+            assert (await blobs.local_path(kept.id)).read_bytes() == b"{}\n"
     finally:
         await store.close()

@@ -204,3 +204,31 @@ def test_window_ends_while_requests_run(
     out = [orjson.loads(r) for r in client.files.content(done.output_file_id).content.splitlines()]
     assert sorted(r["custom_id"] for r in out) == sorted(f"ok-{i}" for i in range(10))
     assert _error_ids(client, done) == Counter({f"busy-{i}": 1 for i in range(10)})
+
+
+def test_window_end_cuts_off_requests_in_flight(
+    barge_factory: Callable[..., BargeProcess], upstream: UpstreamServer
+) -> None:
+    """Requests still waiting for a slow upstream when the window ends are cut off at
+    once (their answers could not count), not awaited up to the upstream timeout: the
+    batch ends within seconds of its window, each of them once as batch_expired."""
+    proc = barge_factory(upstream.base_url, *WINDOWS, "--backoff-base", "0.01")
+    client = proc.client()
+    lines = _lines("ok", 5) + _lines("slow", 5, delay=60)
+    b = client.batches.create(input_file_id=upload(client, lines).id, endpoint=CHAT,
+                              completion_window="2s")
+    deadline = time.monotonic() + 15
+    while sum(upstream.stats.attempts[f"slow-{i}"] for i in range(5)) < 5:
+        assert time.monotonic() < deadline, "the slow requests never reached the upstream"
+        time.sleep(0.02)
+    done = wait_terminal(client, b.id, timeout=20)  # the upstream would answer after 60 s
+    assert done.status == "expired"
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed,
+            done.request_counts.failed) == (10, 5, 5)
+    assert done.expired_at is not None and done.expired_at - b.created_at <= 10
+    assert _error_ids(client, done) == Counter({f"slow-{i}": 1 for i in range(5)})
+    # The server goes on serving: a new batch runs to completion.
+    again = client.batches.create(input_file_id=upload(client, _lines("after", 3)).id,
+                                  endpoint=CHAT, completion_window="24h")
+    assert wait_terminal(client, again.id).status == "completed"

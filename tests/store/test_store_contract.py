@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from pg_support import database_url, schema_for
 
 from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
 from barge.domain.status import Status
 from barge.exceptions import Conflict, NotFound
+from barge.store.postgres import PostgresStore
 from barge.store.protocol import Page, SliceProgress, Store
 from barge.store.sqlite import SQLiteStore
 
@@ -28,12 +30,20 @@ S = Status
 
 STORE_FACTORIES: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp_path: SQLiteStore(tmp_path / "barge.db"),
+    # One schema per test in this run's database (the pg_database fixture).
+    "postgres": lambda tmp_path: PostgresStore(
+        database_url(), schema=schema_for(tmp_path), max_size=4
+    ),
 }
+# Factories that need a fixture first (a server, a database): its name.
+NEEDS: dict[str, str] = {"postgres": "pg_database"}
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """A factory of unopened stores that all share this test's data."""
+    if request.param in NEEDS:
+        request.getfixturevalue(NEEDS[request.param])
     return functools.partial(STORE_FACTORIES[request.param], tmp_path)
 
 
@@ -1142,3 +1152,256 @@ class TestConcurrentWrites:
             assert (await store.get_batch(ACCT, b.id)).status is S.NEW
         assert (await store.get_batch(ACCT, stuck)).status is S.COMPLETED
         assert await all_files(store, ACCT) == []  # the refused finish published nothing
+
+
+# -- verbs the sections above leave out ----------------------------------------------------
+
+
+class TestCursorsPastDeletion:
+    """``after`` naming an object deleted since pages on from where it stood."""
+
+    @pytest.mark.asyncio
+    async def test_files_page_on_from_a_deleted_cursor(self, store: Store) -> None:
+        files = [new_file() for _ in range(5)]
+        for f in files:
+            await store.create_file(f)
+        ids = [f.id for f in files]
+        await store.delete_file(ACCT, ids[2])
+        assert await all_files(store, ACCT, order="asc", after=ids[2]) == ids[3:]
+        assert await all_files(store, ACCT, order="desc", after=ids[2]) == ids[:2][::-1]
+        await store.delete_file(ACCT, ids[4])
+        assert await all_files(store, ACCT, order="asc", after=ids[4]) == []
+        # a place is the account's own: another account never had the file
+        with pytest.raises(NotFound):
+            await store.list_files(OTHER, purpose=None, limit=10, order="asc", after=ids[2])
+
+    @pytest.mark.asyncio
+    async def test_batches_page_on_from_a_deleted_cursor(self, store: Store) -> None:
+        ids = [await batch_in(store, S.COMPLETED) for _ in range(5)]
+        await store.transition(ids[2], S.DELETING)
+        await store.delete_batch(ids[2])
+        page = await store.list_batches(ACCT, after=ids[2], limit=10)
+        assert [b.id for b in page.items] == ids[:2][::-1]
+        page = await store.list_batches(ACCT, after=ids[2], limit=10, oldest_first=True)
+        assert [b.id for b in page.items] == ids[3:]
+        with pytest.raises(NotFound):
+            await store.list_batches(OTHER, after=ids[2], limit=10)
+
+    @pytest.mark.asyncio
+    async def test_a_deleting_batch_is_a_cursor_but_never_listed(self, store: Store) -> None:
+        ids = [await batch_in(store, S.EXPIRED) for _ in range(3)]
+        await store.transition(ids[1], S.DELETING)
+        page = await store.list_batches(ACCT, after=ids[1], limit=10)
+        assert [b.id for b in page.items] == [ids[0]]
+        page = await store.list_batches(ACCT, after=None, limit=10)
+        assert [b.id for b in page.items] == [ids[2], ids[0]]
+
+
+class TestListBounds:
+    @pytest.mark.asyncio
+    async def test_created_bounds_are_inclusive(self, store: Store) -> None:
+        made = [new_batch(created_at=T0 + 10 * i, created_ms=(T0 + 10 * i) * 1000 + i)
+                for i in range(5)]
+        for b in made:
+            await store.create_batch(b)
+        ids = [b.id for b in made]
+
+        async def listed(**kw: Any) -> list[str]:
+            page = await store.list_batches(ACCT, after=None, limit=100, **kw)
+            return [b.id for b in page.items]
+
+        assert await listed(created_after=T0 + 10, created_before=T0 + 30) == ids[1:4][::-1]
+        assert await listed(created_after=T0 + 11) == ids[2:][::-1]
+        assert await listed(created_before=T0 + 9, oldest_first=True) == ids[:1]
+        assert await listed(created_after_ms=(T0 + 20) * 1000 + 2) == ids[2:][::-1]
+        assert await listed(created_after_ms=(T0 + 20) * 1000 + 3) == ids[3:][::-1]
+        assert await listed(created_before_ms=(T0 + 10) * 1000 + 1) == ids[:2][::-1]
+        # bounds beyond int64 act as its ends
+        assert await listed(created_after=-(2**70), created_before=2**70) == ids[::-1]
+        assert await listed(created_after_ms=2**70) == []
+        assert await listed(created_before_ms=-(2**70)) == []
+
+    @pytest.mark.asyncio
+    async def test_ms_bounds_fall_back_to_whole_seconds(self, store: Store) -> None:
+        old = new_batch(created_at=T0, created_ms=None)
+        await store.create_batch(old)
+        page = await store.list_batches(ACCT, after=None, limit=10, created_after_ms=T0 * 1000)
+        assert [b.id for b in page.items] == [old.id]
+        assert page.items[0].created_ms is None
+        page = await store.list_batches(ACCT, after=None, limit=10,
+                                        created_after_ms=T0 * 1000 + 1)
+        assert page.items == []
+
+    @pytest.mark.asyncio
+    async def test_metadata_json_round_trips(self, store: Store) -> None:
+        for flag in (True, False, None):
+            b = new_batch(metadata={"b": "1", "a": "2"}, metadata_json=flag)
+            await store.create_batch(b)
+            got = await store.get_batch(ACCT, b.id)
+            assert got.metadata_json is flag
+            assert list(got.metadata or {}) == ["b", "a"]  # the client's order
+
+
+class TestUsage:
+    @pytest.mark.asyncio
+    async def test_tokens_add_up_and_saturate(self, store: Store) -> None:
+        from barge.domain.usage import MAX_TOKENS, Usage
+
+        bid = await batch_in(store, S.VALIDATING)
+        await store.start_processing(bid, slices=slices_for(bid, [2, 2]), total=4, model="m")
+        await store.record_progress(bid, [
+            SliceProgress(0, 10, 1, 0, False, Usage(5, 7, 1, 2)),
+            SliceProgress(1, 10, 1, 0, False, Usage(3, 0, 0, 1)),
+        ])
+        assert (await store.get_batch(ACCT, bid)).usage == Usage(8, 7, 1, 3)
+        top = Usage(MAX_TOKENS, MAX_TOKENS, MAX_TOKENS, MAX_TOKENS)
+        for _ in range(3):
+            await store.record_progress(bid, [SliceProgress(0, 20, 0, 0, False, top)])
+        assert (await store.get_batch(ACCT, bid)).usage == top
+        # a count outside 0..MAX_TOKENS that reaches the store is clamped, never an error
+        other = await batch_in(store, S.VALIDATING)
+        await store.start_processing(other, slices=slices_for(other, [1]), total=1, model="m")
+        await store.record_progress(other, [
+            SliceProgress(0, 5, 1, 0, True, Usage(2**70, -3, 4, 0)),
+        ])
+        got = await store.get_batch(ACCT, other)
+        assert got.usage == Usage(MAX_TOKENS, 0, 4, 0)
+        assert (got.completed, got.failed) == (1, 0)
+
+    @pytest.mark.asyncio
+    async def test_repeated_slice_in_one_call_applies_in_order(self, store: Store) -> None:
+        bid = await batch_in(store, S.VALIDATING)
+        await store.start_processing(bid, slices=slices_for(bid, [5]), total=5, model="m")
+        await store.record_progress(bid, [SliceProgress(0, 30, 2, 0, False),
+                                          SliceProgress(0, 50, 1, 1, True)])
+        (s,) = await store.list_slices(bid)
+        assert (s.committed_bytes, s.completed, s.failed, s.done) == (50, 3, 1, True)
+        b = await store.get_batch(ACCT, bid)
+        assert (b.completed, b.failed) == (3, 1)
+
+
+class TestDeletion:
+    @pytest.mark.asyncio
+    async def test_deleting_batches_oldest_first(self, store: Store) -> None:
+        assert await store.deleting_batches() == []
+        a = await batch_in(store, S.DELETING)
+        await batch_in(store, S.COMPLETED)
+        b = await batch_in(store, S.DELETING, OTHER)
+        assert [x.id for x in await store.deleting_batches()] == [a, b]
+
+    @pytest.mark.asyncio
+    async def test_delete_batch_removes_it_its_slices_and_result_files(
+        self, store: Store
+    ) -> None:
+        keep_input = new_file()
+        await store.create_file(keep_input)
+        bid = await batch_in(store, S.VALIDATING, input_file_id=keep_input.id)
+        await store.start_processing(bid, slices=slices_for(bid, [1, 1]), total=2, model="m")
+        await store.advance(bid, (S.PROCESSED, S.WRITING_RESULTS))
+        out = new_file(purpose="batch_output")
+        err = new_file(purpose="batch_output")
+        await store.finish(bid, S.COMPLETED, files=[out, err], output_file_id=out.id,
+                           error_file_id=err.id)
+        await store.transition(bid, S.DELETING)
+        await store.delete_batch(bid)
+        with pytest.raises(NotFound):
+            await store.get_batch(None, bid)
+        assert await store.list_slices(bid) == []
+        assert await store.deleting_batches() == []
+        assert await all_files(store, ACCT) == [keep_input.id]
+        with pytest.raises(NotFound):
+            await store.delete_batch(bid)
+
+    @pytest.mark.asyncio
+    async def test_only_a_deleting_batch_can_be_deleted(self, store: Store) -> None:
+        bid = await batch_in(store, S.COMPLETED)
+        with pytest.raises(Conflict):
+            await store.delete_batch(bid)
+        assert (await store.get_batch(ACCT, bid)).status is S.COMPLETED
+
+    @pytest.mark.asyncio
+    async def test_expired_files_oldest_first(self, store: Store) -> None:
+        late = new_file(expires_at=T0 + 50)
+        never = new_file(expires_at=None)
+        early = new_file(OTHER, expires_at=T0 + 10)
+        future = new_file(expires_at=T0 + 1000)
+        for f in (late, never, early, future):
+            await store.create_file(f)
+        assert await store.expired_files(T0 + 100, limit=10) == [early, late]
+        assert await store.expired_files(T0 + 50, limit=1) == [early]
+        assert await store.expired_files(T0, limit=10) == []
+
+    @pytest.mark.asyncio
+    async def test_a_file_id_is_unique(self, store: Store) -> None:
+        f = new_file()
+        await store.create_file(f)
+        with pytest.raises(Exception):  # noqa: B017 - any refusal will do
+            await store.create_file(dataclasses.replace(f, filename="other.jsonl"))
+        assert await store.get_file(ACCT, f.id) == f
+
+
+class TestRoles:
+    @pytest.mark.asyncio
+    async def test_roles_belong_to_an_account(self, store: Store) -> None:
+        from barge.domain.permissions import make_role
+
+        reader = make_role("viewer", ["get_files", "get_batch"], ["/v1/chat/completions"])
+        other_reader = make_role("viewer", ["get_batches"], ["*"])
+        writer = make_role("writer", ["upload_file"], [])
+        assert await store.list_roles(None) == []
+        await store.create_role(ACCT, writer)
+        await store.create_role(ACCT, reader)
+        await store.create_role(OTHER, other_reader)  # the same name in another account
+        with pytest.raises(Conflict):
+            await store.create_role(ACCT, make_role("viewer", [], []))
+        assert await store.get_role(ACCT, "viewer") == reader
+        assert await store.get_role(OTHER, "viewer") == other_reader
+        assert await store.get_role(OTHER, "writer") is None
+        assert await store.get_role(ACCT, "nobody") is None
+        assert await store.list_roles(ACCT) == [(ACCT, reader), (ACCT, writer)]
+        assert await store.list_roles(None) == [
+            (ACCT, reader), (ACCT, writer), (OTHER, other_reader),
+        ]
+
+
+class TestTwoStoresAtOnce:
+    """Two stores on the same data (two nodes) writing the same batch at the same time."""
+
+    @pytest.mark.asyncio
+    async def test_one_move_wins(self, store: Store, make_store: Callable[[], Store]) -> None:
+        second = make_store()
+        await second.open()
+        try:
+            for _ in range(5):
+                bid = await batch_in(store, S.PROCESSING)
+                results = await asyncio.gather(
+                    *(s.transition(bid, to) for s in (store, second)
+                      for to in (S.PROCESSED, S.CANCEL, S.EXPIRED)),
+                    return_exceptions=True,
+                )
+                won = [r for r in results if isinstance(r, BatchRecord)]
+                assert len(won) == 1, results
+                assert all(isinstance(r, Conflict) for r in results if r not in won)
+                assert (await store.get_batch(None, bid)).status is won[0].status
+        finally:
+            await second.close()
+
+    @pytest.mark.asyncio
+    async def test_progress_from_both_adds_up(
+        self, store: Store, make_store: Callable[[], Store]
+    ) -> None:
+        second = make_store()
+        await second.open()
+        try:
+            bid = await batch_in(store, S.VALIDATING)
+            await store.start_processing(bid, slices=slices_for(bid, [50, 50]), total=100,
+                                         model="m")
+            await asyncio.gather(*(
+                s.record_progress(bid, [SliceProgress(no, 10 * i, 1, 0, False)])
+                for i in range(20) for no, s in ((0, store), (1, second))
+            ))
+            b = await store.get_batch(ACCT, bid)
+            assert (b.completed, b.failed) == (40, 0)
+            assert [s.completed for s in await second.list_slices(bid)] == [20, 20]
+        finally:
+            await second.close()

@@ -84,7 +84,8 @@ async def download(
         record = await app.store.get_file(account, file_id)
         if record.expires_at is not None and record.expires_at <= time.time():
             raise _denied()
-        app.blobs.local_path(record.id)  # refuse now rather than break the stream later
+        if not await app.blobs.exists(record.id):  # refuse now, not break the stream later
+            raise _denied()
     except NotFound:
         raise _denied() from None
     return StreamingResponse(

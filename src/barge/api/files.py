@@ -17,7 +17,7 @@ from barge.domain.models import UPLOAD_PURPOSES, FileRecord
 from barge.domain.permissions import Action, Caller
 from barge.domain.projection import file_object, list_object
 from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
-from barge.exceptions import InvalidRequest
+from barge.exceptions import InvalidRequest, NotFound
 
 router = APIRouter(prefix="/v1/files")
 
@@ -129,7 +129,8 @@ async def file_content(
 ) -> StreamingResponse:
     app = app_of(request)
     record = await app.store.get_file(caller.account, file_id)
-    app.blobs.local_path(record.id)  # 404 now rather than a broken stream later
+    if not await app.blobs.exists(record.id):  # 404 now rather than a broken stream later
+        raise NotFound(f"The bytes of file {record.id} are missing.")
     return StreamingResponse(
         app.blobs.stream(record.id),
         media_type="application/octet-stream",

@@ -4,85 +4,41 @@ fsynced, renamed."""
 from __future__ import annotations
 
 import asyncio
-import errno
-import hashlib
 import os
-import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from barge.blobs.common import Spool, check_key, check_range, fsync_dir, storage_error
 from barge.blobs.protocol import BlobInfo
-from barge.exceptions import NotFound, PayloadTooLarge, StorageError
+from barge.exceptions import NotFound
 
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def _storage_error(e: OSError) -> StorageError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError("The server's disk is full; nothing was stored.", code="disk_full")
-    return StorageError(f"The server could not write to its data directory: {e.strerror}.")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["LocalBlobs", "LocalWriter", "fsync_dir"]
 
 
 class LocalWriter:
     def __init__(self, final: Path, tmp: Path, max_bytes: int) -> None:
         self._final = final
-        self._tmp = tmp
-        self._max = max_bytes
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self._lines = 0
-        self._last = b"\n"
-        try:
-            self._fh = open(tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        except OSError as e:
-            raise _storage_error(e) from e
+        self._spool = Spool(tmp, max_bytes)
 
     def write(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        self._size += len(chunk)
-        if self._size > self._max:
-            raise PayloadTooLarge(
-                f"The file is larger than the limit of {self._max} bytes.",
-                param="file",
-                code="file_too_large",
-            )
-        self._hash.update(chunk)
-        self._lines += chunk.count(b"\n")
-        self._last = chunk[-1:]
-        try:
-            self._fh.write(chunk)
-        except OSError as e:
-            raise _storage_error(e) from e
+        self._spool.write(chunk)
 
     async def commit(self) -> BlobInfo:
-        def _finish() -> None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            os.replace(self._tmp, self._final)
+        def _finish() -> BlobInfo:
+            info = self._spool.close(fsync=True)
+            os.replace(self._spool.path, self._final)
             fsync_dir(self._final.parent)
+            return info
 
         try:
-            await asyncio.to_thread(_finish)
+            return await asyncio.to_thread(_finish)
         except OSError as e:
             self.abort()
-            raise _storage_error(e) from e
-        lines = self._lines + (0 if self._last == b"\n" else 1)
-        return BlobInfo(self._size, self._hash.hexdigest(), lines)
+            raise storage_error(e) from e
 
     def abort(self) -> None:
-        self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        self._spool.discard()
 
 
 class LocalBlobs:
@@ -92,10 +48,17 @@ class LocalBlobs:
         root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True, exist_ok=True)
 
+    async def open(self) -> None:
+        """Make the folders (again, should they be gone) and clear a crash's leftovers."""
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(e) from e
+        self.clear_tmp()
+
     def _path(self, key: str) -> Path:
-        if not _KEY.fullmatch(key):  # keys are our own ids; never a client's filename
-            raise NotFound(f"No such file: {key}")
-        return self._root / key
+        return self._root / check_key(key)
 
     def writer(self, key: str, *, max_bytes: int) -> LocalWriter:
         """Each writer has a temporary file of its own, even for the same key: concurrent
@@ -113,19 +76,52 @@ class LocalBlobs:
         try:
             await asyncio.to_thread(_move)
         except OSError as e:
-            raise _storage_error(e) from e
+            raise storage_error(e) from e
 
-    def local_path(self, key: str) -> Path:
+    async def exists(self, key: str) -> bool:
+        try:
+            return self._path(key).is_file()
+        except NotFound:
+            return False
+
+    def _existing(self, key: str) -> Path:
         path = self._path(key)
         if not path.exists():
             raise NotFound(f"The bytes of file {key} are missing.")
         return path
 
+    async def local_path(self, key: str) -> Path:
+        return self._existing(key)
+
     async def stream(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        path = self.local_path(key)
-        fh = await asyncio.to_thread(open, path, "rb")
+        path = self._existing(key)
+        try:
+            fh = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"The bytes of file {key} are missing.") from None
         try:
             while chunk := await asyncio.to_thread(fh.read, chunk_size):
+                yield chunk
+        finally:
+            fh.close()
+
+    async def open_range(
+        self, key: str, start: int, end: int, *, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        check_range(start, end)
+        path = self._existing(key)
+        try:
+            fh = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"The bytes of file {key} are missing.") from None
+        try:
+            fh.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = await asyncio.to_thread(fh.read, min(chunk_size, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
                 yield chunk
         finally:
             fh.close()

@@ -6,7 +6,11 @@ for which the adaptive limiter has a slot) takes the next request round-robin: a
 accounts first, then across each account's lanes. So an account with one batch gets as
 many turns as an account with sixty-four, and a batch that queued first cannot hog the
 workers. Workers take a request only once the limiter has room for it, so requests wait
-here, fairly, rather than in the limiter's first-come queue."""
+here, fairly, rather than in the limiter's first-come queue.
+
+A batch whose window ends cannot use what its requests in flight would bring: ``abort``
+cuts those requests off at once (their results are never recorded, so each goes to the
+error file as ``batch_expired``) instead of letting them run up to the upstream timeout."""
 
 from __future__ import annotations
 
@@ -67,6 +71,17 @@ class Lane:
         self.space: asyncio.Future[None] | None = None  # its reader, waiting for room
 
 
+class _Worker:
+    """One worker task, and the lane whose request it is sending (None between them)."""
+
+    __slots__ = ("aborted", "lane", "task")
+
+    def __init__(self) -> None:
+        self.lane: Lane | None = None
+        self.aborted = False
+        self.task: asyncio.Task[None] | None = None
+
+
 class WorkerPool:
     def __init__(self, dispatcher: Dispatcher, size: int, *, lane_limit: int | None = None
                  ) -> None:
@@ -82,12 +97,13 @@ class WorkerPool:
         # Accounts with queued requests, in rotation order, each with its lanes in turn.
         self._accounts: dict[str, deque[Lane]] = {}
         self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for a request
-        self._workers: list[asyncio.Task[None]] = []
+        self._workers: list[_Worker] = []
+        self._closing = False
 
     def start(self) -> None:
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"barge-worker-{n}") for n in range(self._size)
-        ]
+        self._workers = [_Worker() for _ in range(self._size)]
+        for n, worker in enumerate(self._workers):
+            worker.task = asyncio.create_task(self._work(worker), name=f"barge-worker-{n}")
 
     @staticmethod
     def lane(account: str) -> Lane:
@@ -139,13 +155,26 @@ class WorkerPool:
                     del self._accounts[lane.account]
         self._wake_reader(lane)
 
-    async def close(self) -> None:
+    def abort(self, lane: Lane) -> int:
+        """Cut off the requests of ``lane`` that are in flight now; none of them gets a
+        result. Returns how many were cut off."""
+        cut = 0
         for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+            if worker.lane is lane and not worker.aborted and worker.task is not None:
+                worker.aborted = True
+                worker.task.cancel()
+                cut += 1
+        return cut
+
+    async def close(self) -> None:
+        self._closing = True  # a worker cut off by ``abort`` now stops too
+        tasks = [w.task for w in self._workers if w.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers = []
 
-    def _take(self) -> Job | None:
+    def _take(self) -> tuple[Lane, Job] | None:
         """The next request, round-robin across accounts, then across their lanes."""
         accounts = self._accounts
         if not accounts:
@@ -162,7 +191,7 @@ class WorkerPool:
         if lanes:
             accounts[account] = lanes  # back of the rotation
         self._wake_reader(lane)
-        return job
+        return lane, job
 
     @staticmethod
     def _wake_reader(lane: Lane) -> None:
@@ -170,14 +199,14 @@ class WorkerPool:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _work(self) -> None:
+    async def _work(self, me: _Worker) -> None:
         limiter = self._limiter
         loop = asyncio.get_running_loop()
         while True:
             if not limiter.has_room():
                 await limiter.room()
-            job = self._take()
-            if job is None:
+            taken = self._take()
+            if taken is None:
                 idle = loop.create_future()
                 self._idle.append(idle)
                 try:
@@ -187,12 +216,23 @@ class WorkerPool:
                         self._idle.remove(idle)
                     raise
                 continue
+            lane, job = taken
             try:
                 if not job.stopping():  # a stopped batch's queued requests are never sent
-                    result = await self._dispatcher.execute(job.raw, job.stopping)
+                    me.lane = lane
+                    try:
+                        result = await self._dispatcher.execute(job.raw, job.stopping)
+                    finally:
+                        me.lane = None
                     if result is not None:
                         job.tracker.writer.append(job.index, result.ok, result.line,
                                                   result.usage)
+            except asyncio.CancelledError:
+                if not me.aborted or self._closing:
+                    raise  # the pool closes
+                me.aborted = False  # only this request was cut off: serve the next
+                if me.task is not None:
+                    me.task.uncancel()
             except Exception:
                 log.exception("worker failed on a request; it will be sent again on resume")
             finally:

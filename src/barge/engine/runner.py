@@ -67,6 +67,8 @@ class BatchRun:
         if self.stop_reason is None:
             self.stop_reason = reason
             self._pool.drop(self.lane)  # its queued requests are never sent
+            if reason == "expire":  # nor do those in flight count: cut them off now
+                self._pool.abort(self.lane)
 
     async def flush(self) -> None:
         """Make buffered results durable, then acknowledge them in the Store. After a
@@ -269,7 +271,7 @@ class Engine:
         """Check the integrity hash given at create, before anything is sent."""
         if b.hash is not None:
             try:
-                path = self._blobs.local_path(b.input_file_id)
+                path = await self._blobs.local_path(b.input_file_id)
             except NotFound:
                 path = None  # validation reports the missing file
             if path is not None:
@@ -289,7 +291,7 @@ class Engine:
         s = self._settings
         shutil.rmtree(s.work_dir / b.id, ignore_errors=True)
         try:
-            path = self._blobs.local_path(b.input_file_id)
+            path = await self._blobs.local_path(b.input_file_id)
         except NotFound:
             missing = LineError(LineCodes.INPUT_FILE_MISSING, "The input file is gone.")
             await self._store.fail_validation(b.id, errors=[missing], total=0)
@@ -325,7 +327,7 @@ class Engine:
         if self._stopping:
             return "shutdown"
         self._runs[b.id] = run
-        input_path = self._blobs.local_path(b.input_file_id)
+        input_path = await self._blobs.local_path(b.input_file_id)
         todo = [s for s in await self._store.list_slices(b.id) if not s.done]
         dispatch_done = asyncio.Event()
         watcher = asyncio.create_task(self._watch(run, dispatch_done))
@@ -401,7 +403,7 @@ class Engine:
         started = time.monotonic()
         slices = scan.slices if scan is not None else await self._store.list_slices(b.id)
         try:
-            input_path = self._blobs.local_path(b.input_file_id)
+            input_path = await self._blobs.local_path(b.input_file_id)
         except NotFound:
             input_path, expire_rest = Path("/dev/null"), False
         merged = await asyncio.to_thread(
