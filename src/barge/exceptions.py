@@ -7,6 +7,7 @@
     ├── PermissionDenied    the key may not do this (HTTP 403)
     ├── NotFound            no such object for this account (HTTP 404)
     ├── Conflict            the object's state forbids the action (HTTP 409)
+    │   └── Fenced              a lease or claim is no longer held under its token
     ├── StorageError        the disk refused a write (HTTP 507 or 500)
     ├── StoreUnavailable    the metadata store failed (HTTP 503)
     ├── BlobsUnavailable    the object store holding file bytes failed (HTTP 503)
@@ -56,6 +57,16 @@ class NotFound(BargeError):
 class Conflict(BargeError):
     status_code = 409
     error_type = "invalid_request_error"
+
+
+class Fenced(Conflict):
+    """A write under a lease (a slice's) or a finalisation claim (a batch's) whose token
+    is no longer the current one: another node took the work over, or the lease was given
+    back. Nothing of the write was applied; the caller stops that work and drops what it
+    buffered for it."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param, code=code or "fenced")
 
 
 class StorageError(BargeError):

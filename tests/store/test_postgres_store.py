@@ -118,6 +118,12 @@ async def test_schema_matches_sqlite(pg_database: str, schema: str, admin: Any,
     for r in rows:
         got.setdefault(r["table_name"], []).append(r["column_name"])
     assert got.pop("barge_schema_migrations") == ["version", "applied_at"]
+    # SQLite keeps the last lease token in a one-row table; PostgreSQL has a sequence of
+    # that name, which every node's claims draw from.
+    assert expected.pop("lease_tokens") == ["last"]
+    assert await admin.fetchval(
+        "SELECT count(*) FROM pg_sequences WHERE schemaname = $1"
+        " AND sequencename = 'lease_tokens' AND cache_size = 1", schema) == 1
     assert got == expected
     pg_indexes = {r["indexname"] for r in await admin.fetch(
         "SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)}
@@ -274,3 +280,40 @@ async def test_places_of_deleted_objects_are_kept_30_days(
 def test_a_bad_schema_name_is_refused() -> None:
     with pytest.raises(BargeError, match="schema"):
         PostgresStore("postgresql://127.0.0.1/x", schema="s" * 64)
+
+
+@pytest.mark.asyncio
+async def test_leases_migration_keeps_existing_slices(
+    pg_database: str, schema: str, admin: Any
+) -> None:
+    """A database at version 1 with a batch being processed: version 2 adds the lease
+    columns as NULL, the slices read as before, and they can be claimed."""
+    (first_version, first_sql), *_ = migrations()
+    await admin.execute(f"CREATE SCHEMA {quote_ident(schema)}")
+    async with admin.transaction():
+        await admin.execute(first_sql)
+        await admin.execute(
+            "CREATE TABLE barge_schema_migrations (version INTEGER PRIMARY KEY,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        await admin.execute("INSERT INTO barge_schema_migrations (version) VALUES ($1)",
+                            first_version)
+        await admin.execute(
+            "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
+            " status, created_at, updated_at, expires_at) VALUES ('batch_old', 'acct',"
+            " '/v1/chat/completions', '24h', 'file-old', 'processing', 1, 1, 9999999999)")
+        await admin.execute(
+            "INSERT INTO slices (batch_id, no, start_line, n_lines, start_offset, end_offset,"
+            " committed_bytes, completed) VALUES ('batch_old', 0, 0, 2, 0, 20, 7, 1)")
+    s = PostgresStore(pg_database, schema=schema)
+    await s.open()
+    try:
+        assert s.applied == [v for v, _ in migrations()][1:]
+        (old,) = await s.list_slices("batch_old")
+        assert (old.committed_bytes, old.completed, old.done) == (7, 1, False)
+        row = await admin.fetchrow("SELECT lease_token, lease_owner, lease_expires"
+                                   " FROM slices")
+        assert tuple(row) == (None, None, None)
+        (lease,) = await s.claim_slices("n", limit=5, lease_seconds=30)
+        assert lease.slice == old
+    finally:
+        await s.close()

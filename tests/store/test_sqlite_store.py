@@ -74,6 +74,51 @@ def test_parser_finds_the_four_tables() -> None:
     assert set(TABLES) <= set(tables)
     assert "committed_bytes" in tables["slices"]
     assert "key_hash" in tables["api_keys"]
+    assert {"lease_token", "lease_owner", "lease_expires"} <= set(tables["slices"])
+    assert {"fin_token", "fin_owner", "fin_expires"} <= set(tables["batches"])
+    assert {"lease_tokens", "nodes"} <= set(tables)
+
+
+@pytest.mark.asyncio
+async def test_leases_migration_keeps_existing_slices(tmp_path: Path) -> None:
+    """A file at version 7 with a batch being processed: version 8 adds the lease
+    columns as NULL and the token counter at 0, the slices read as before, and they can
+    be claimed."""
+    path = tmp_path / "barge.db"
+    db = _open_raw(path)
+    try:
+        for version, sql in migrations():
+            if version > 7:
+                break
+            for statement in split_statements(sql):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={version}")
+        db.execute(
+            "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
+            " status, created_at, updated_at, expires_at) VALUES ('batch_old', 'acct',"
+            " '/v1/chat/completions', '24h', 'file-old', 'processing', 1, 1, 9999999999)")
+        db.execute(
+            "INSERT INTO slices (batch_id, no, start_line, n_lines, start_offset, end_offset,"
+            " committed_bytes, completed) VALUES ('batch_old', 0, 0, 2, 0, 20, 7, 1)")
+        db.commit()
+    finally:
+        db.close()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        (old,) = await s.list_slices("batch_old")
+        assert (old.committed_bytes, old.completed, old.done) == (7, 1, False)
+        db = _open_raw(path)
+        try:
+            row = db.execute("SELECT lease_token, lease_owner, lease_expires FROM slices")
+            assert row.fetchone() == (None, None, None)
+            assert db.execute("SELECT last FROM lease_tokens").fetchall() == [(0,)]
+        finally:
+            db.close()
+        (lease,) = await s.claim_slices("n", limit=5, lease_seconds=30)
+        assert (lease.slice, lease.token) == (old, 1)
+    finally:
+        await s.close()
 
 
 @pytest.mark.asyncio

@@ -21,9 +21,10 @@ from pg_support import database_url, schema_for
 
 from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, Principal, Slice
 from barge.domain.status import Status
-from barge.exceptions import Conflict, NotFound
+from barge.domain.usage import Usage
+from barge.exceptions import Conflict, Fenced, NotFound
 from barge.store.postgres import PostgresStore
-from barge.store.protocol import Page, SliceProgress, Store
+from barge.store.protocol import Lease, Page, SliceProgress, Store
 from barge.store.sqlite import SQLiteStore
 
 S = Status
@@ -1405,3 +1406,389 @@ class TestTwoStoresAtOnce:
             assert [s.completed for s in await second.list_slices(bid)] == [20, 20]
         finally:
             await second.close()
+
+
+# -- leases, fencing, finalisation claims, nodes ---------------------------------------------
+# Many nodes share the slices of processing batches. Sleeps are short: a lease of 0.2 s
+# has passed after 0.25 s on either store's clock (PostgreSQL's runs on this machine).
+
+SHORT, PAST_SHORT, LONG = 0.2, 0.25, 30.0
+
+
+async def processing(store: Store, sizes: list[int], account: str = ACCT) -> str:
+    """A new batch in ``processing`` with slices of ``sizes`` lines."""
+    bid = await batch_in(store, S.VALIDATING, account)
+    await store.start_processing(bid, slices=slices_for(bid, sizes), total=sum(sizes),
+                                 model="m")
+    return bid
+
+
+def held(leases: list[Lease]) -> list[tuple[str, int]]:
+    return [(x.batch_id, x.slice_no) for x in leases]
+
+
+async def snapshot(store: Store, bid: str) -> tuple[list[Slice], tuple[int, int, Usage]]:
+    """What progress changes: the slices, and the batch's counts and usage."""
+    b = await store.get_batch(None, bid)
+    return await store.list_slices(bid), (b.completed, b.failed, b.usage)
+
+
+@pytest_asyncio.fixture
+async def second(make_store: Callable[[], Store]) -> AsyncIterator[Store]:
+    """Another store on the same data: another node."""
+    s = make_store()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+class TestClaimSlices:
+    @pytest.mark.asyncio
+    async def test_a_claim_leases_the_slice_as_it_stands(self, store: Store) -> None:
+        bid = await processing(store, [3, 2])
+        await store.record_progress(bid, [SliceProgress(0, 120, 1, 1, False)])
+        leases = await store.claim_slices("node-a", limit=10, lease_seconds=LONG)
+        assert held(leases) == [(bid, 0), (bid, 1)]
+        first = leases[0]
+        assert first.slice == (await store.list_slices(bid))[0]
+        assert (first.slice.committed_bytes, first.slice.completed, first.slice.failed) == (
+            120, 1, 1)
+        assert first.node == "node-a"
+        assert first.expires_at > T0
+        assert leases[1].token != first.token
+        # everything is held now
+        assert await store.claim_slices("node-b", limit=10, lease_seconds=LONG) == []
+        # a lease changes nothing the single-node engine sees
+        assert await store.list_slices(bid) == [x.slice for x in leases]
+
+    @pytest.mark.asyncio
+    async def test_oldest_batch_first_then_by_slice_number(self, store: Store) -> None:
+        a = await processing(store, [1, 1, 1])
+        b = await processing(store, [1, 1], OTHER)
+        got = await store.claim_slices("n", limit=4, lease_seconds=LONG)
+        assert held(got) == [(a, 0), (a, 1), (a, 2), (b, 0)]
+        assert held(await store.claim_slices("n", limit=4, lease_seconds=LONG)) == [(b, 1)]
+
+    @pytest.mark.asyncio
+    async def test_nothing_to_claim_and_bad_arguments(self, store: Store) -> None:
+        assert await store.claim_slices("n", limit=5, lease_seconds=LONG) == []
+        await processing(store, [1])
+        assert await store.claim_slices("n", limit=0, lease_seconds=LONG) == []
+        with pytest.raises(ValueError):
+            await store.claim_slices("n", limit=1, lease_seconds=0)
+        assert len(await store.claim_slices("n", limit=1, lease_seconds=LONG)) == 1
+
+    @pytest.mark.asyncio
+    async def test_concurrent_claimers_get_disjoint_slices(
+        self, store: Store, second: Store
+    ) -> None:
+        a = await processing(store, [1] * 25)
+        b = await processing(store, [1] * 15, OTHER)
+        results = await asyncio.gather(*(
+            s.claim_slices(f"node-{i}", limit=3, lease_seconds=LONG)
+            for i in range(12) for s in (store, second)
+        ))
+        leases = [x for got in results for x in got]
+        assert sorted(held(leases)) == sorted([(a, n) for n in range(25)]
+                                              + [(b, n) for n in range(15)])
+        assert len({x.token for x in leases}) == len(leases) == 40
+        assert await second.claim_slices("late", limit=5, lease_seconds=LONG) == []
+
+    @pytest.mark.asyncio
+    async def test_done_slices_and_batches_not_processing_are_never_claimed(
+        self, store: Store
+    ) -> None:
+        open_batch = await processing(store, [1, 1, 1])
+        await store.record_progress(open_batch, [SliceProgress(1, 50, 1, 0, True)])
+        others = {}
+        for end, path in {
+            S.CANCEL: [S.CANCEL], S.CANCELLING: [S.CANCEL, S.CANCELLING],
+            S.CANCELLED: [S.CANCEL, S.CANCELLING, S.CANCELLED], S.EXPIRED: [S.EXPIRED],
+            S.PROCESSED: [S.PROCESSED], S.WRITING_RESULTS: [S.PROCESSED, S.WRITING_RESULTS],
+            S.COMPLETED: [S.PROCESSED, S.WRITING_RESULTS, S.COMPLETED],
+            S.DELETING: [S.EXPIRED, S.DELETING],
+        }.items():
+            others[end] = await processing(store, [1, 1])
+            await store.advance(others[end], path)
+        await batch_in(store, S.VALIDATING)  # no slices yet
+        got = await store.claim_slices("n", limit=100, lease_seconds=LONG)
+        assert held(got) == [(open_batch, 0), (open_batch, 2)]
+
+    @pytest.mark.asyncio
+    async def test_an_expired_lease_is_claimed_again_with_a_higher_token(
+        self, store: Store, second: Store
+    ) -> None:
+        bid = await processing(store, [1, 1])
+        (old,) = await store.claim_slices("node-a", limit=1, lease_seconds=SHORT)
+        (other,) = await second.claim_slices("node-b", limit=1, lease_seconds=LONG)
+        assert held([other]) == [(bid, 1)]  # slice 0 is still held
+        assert await second.claim_slices("node-b", limit=1, lease_seconds=LONG) == []
+        # a batch cancelled while its slice was held: the lapsed lease frees nothing
+        stopped = await processing(store, [1])
+        await store.claim_slices("node-a", limit=1, lease_seconds=SHORT)
+        await store.request_cancel(ACCT, stopped)
+        await asyncio.sleep(PAST_SHORT)
+        (new,) = await second.claim_slices("node-b", limit=5, lease_seconds=LONG)
+        assert held([new]) == [(bid, 0)]
+        assert new.node == "node-b"
+        assert new.token > other.token > old.token
+
+    @pytest.mark.asyncio
+    async def test_tokens_only_grow(self, store: Store, second: Store) -> None:
+        bid = await processing(store, [1] * 6)
+        tokens = []
+        for s in (store, second, store, second):
+            got = await s.claim_slices("n", limit=1, lease_seconds=LONG)
+            tokens.append(got[0].token)
+            await s.release_leases(got)
+        done = await batch_in(store, S.WRITING_RESULTS)
+        fin = await second.claim_finalize(done, "n", lease_seconds=LONG)
+        assert fin is not None
+        tokens.append(fin)
+        tokens += [x.token for x in await store.claim_slices("n", limit=2, lease_seconds=LONG)]
+        assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), tokens
+        assert bid
+
+
+class TestFencedProgress:
+    @pytest.mark.asyncio
+    async def test_progress_under_a_stale_token_changes_nothing(
+        self, store: Store, second: Store
+    ) -> None:
+        bid = await processing(store, [4, 4])
+        a0, a1 = await store.claim_slices("node-a", limit=2, lease_seconds=SHORT)
+        # while node-a holds them its progress commits
+        await store.record_progress(bid, [
+            SliceProgress(0, 100, 1, 0, False, Usage(10, 20, 0, 0), token=a0.token),
+        ])
+        await asyncio.sleep(PAST_SHORT)
+        b0, b1 = await second.claim_slices("node-b", limit=2, lease_seconds=LONG)
+        assert b0.slice.committed_bytes == 100  # where node-b resumes
+        before = await snapshot(store, bid)
+        stale = [
+            SliceProgress(0, 300, 2, 1, False, Usage(5, 5, 5, 5), token=a0.token),
+            SliceProgress(1, 200, 2, 0, True, Usage(1, 1, 1, 1), token=a1.token),
+        ]
+        with pytest.raises(Fenced):
+            await store.record_progress(bid, stale)
+        assert await snapshot(second, bid) == before
+        # one stale token among current ones: nothing at all is applied
+        with pytest.raises(Fenced):
+            await second.record_progress(bid, [
+                SliceProgress(0, 300, 2, 1, False, token=b0.token),
+                SliceProgress(1, 200, 2, 0, True, token=a1.token),
+            ])
+        assert await snapshot(store, bid) == before
+        with pytest.raises(Conflict):  # Fenced is a Conflict
+            await store.record_progress(bid, stale[1:])
+        # the new holder's progress commits
+        await second.record_progress(bid, [
+            SliceProgress(0, 300, 2, 1, False, Usage(5, 5, 5, 5), token=b0.token),
+            SliceProgress(1, 200, 2, 0, True, Usage(1, 1, 1, 1), token=b1.token),
+        ])
+        slices, (completed, failed, usage) = await snapshot(store, bid)
+        assert [(x.committed_bytes, x.completed, x.failed, x.done) for x in slices] == [
+            (300, 3, 1, False), (200, 2, 0, True)]
+        assert (completed, failed, usage) == (5, 1, Usage(16, 26, 6, 6))
+
+    @pytest.mark.asyncio
+    async def test_a_token_of_another_slice_or_none_at_all_is_fenced(
+        self, store: Store
+    ) -> None:
+        bid = await processing(store, [2, 2])
+        x0, x1 = await store.claim_slices("n", limit=2, lease_seconds=LONG)
+        before = await snapshot(store, bid)
+        for wrong in (x1.token, x0.token + 10**6):
+            with pytest.raises(Fenced):
+                await store.record_progress(bid, [SliceProgress(0, 9, 1, 0, False,
+                                                                token=wrong)])
+        with pytest.raises(Fenced):  # a slice never leased holds no token
+            other = await processing(store, [1])
+            await store.record_progress(other, [SliceProgress(0, 9, 1, 0, False,
+                                                              token=x0.token)])
+        assert await snapshot(store, bid) == before
+
+    @pytest.mark.asyncio
+    async def test_repeated_and_untokened_entries_in_one_call(self, store: Store) -> None:
+        """A slice repeated under its token applies in order; an entry without a token
+        rides along unfenced, but falls with the call when a token is stale."""
+        bid = await processing(store, [5, 2])
+        (x,) = await store.claim_slices("n", limit=1, lease_seconds=LONG)
+        await store.record_progress(bid, [SliceProgress(0, 30, 2, 0, False, token=x.token),
+                                          SliceProgress(1, 10, 1, 0, False),
+                                          SliceProgress(0, 50, 1, 1, True, token=x.token)])
+        s0, s1 = await store.list_slices(bid)
+        assert (s0.committed_bytes, s0.completed, s0.failed, s0.done) == (50, 3, 1, True)
+        assert (s1.committed_bytes, s1.completed) == (10, 1)
+        before = await snapshot(store, bid)
+        for tokens in ((x.token + 1,), (x.token, x.token + 1)):  # stale, or two at once
+            with pytest.raises(Fenced):
+                await store.record_progress(bid, [
+                    SliceProgress(1, 20, 1, 0, False),
+                    *(SliceProgress(0, 60, 1, 0, True, token=t) for t in tokens),
+                ])
+        assert await snapshot(store, bid) == before
+
+    @pytest.mark.asyncio
+    async def test_progress_without_tokens_ignores_leases(self, store: Store) -> None:
+        """The single-node engine takes no leases; its progress applies as before."""
+        bid = await processing(store, [2, 2])
+        await store.claim_slices("n", limit=2, lease_seconds=LONG)
+        await store.record_progress(bid, [SliceProgress(1, 10, 2, 0, True)])
+        b = await store.get_batch(None, bid)
+        assert (b.completed, (await store.list_slices(bid))[1].done) == (2, True)
+
+
+class TestRenewAndRelease:
+    @pytest.mark.asyncio
+    async def test_renewing_keeps_the_lease(self, store: Store, second: Store) -> None:
+        bid = await processing(store, [1, 1])
+        leases = await store.claim_slices("a", limit=2, lease_seconds=SHORT)
+        await store.record_progress(bid, [SliceProgress(0, 10, 1, 0, True,
+                                                        token=leases[0].token)])
+        renewed = await store.renew_leases(leases, lease_seconds=LONG)
+        assert held(renewed) == held(leases)
+        assert [x.token for x in renewed] == [x.token for x in leases]
+        assert all(r.expires_at > x.expires_at for r, x in zip(renewed, leases, strict=True))
+        assert renewed[0].slice.done and renewed[0].slice.committed_bytes == 10
+        await asyncio.sleep(PAST_SHORT)
+        assert await second.claim_slices("b", limit=2, lease_seconds=LONG) == []
+        assert await store.renew_leases([], lease_seconds=LONG) == []
+
+    @pytest.mark.asyncio
+    async def test_renewing_under_a_stale_token_does_nothing(
+        self, store: Store, second: Store
+    ) -> None:
+        bid = await processing(store, [1, 1])
+        old = await store.claim_slices("a", limit=2, lease_seconds=SHORT)
+        await asyncio.sleep(PAST_SHORT)
+        (new0,) = await second.claim_slices("b", limit=1, lease_seconds=SHORT)
+        # slice 0 was taken over, slice 1 was not: only slice 1 is still node-a's. The
+        # token is the fence, not the clock: node-a's lapsed lease on slice 1 still
+        # commits and renews, as nobody else has claimed it.
+        await store.record_progress(bid, [SliceProgress(1, 10, 1, 0, False,
+                                                        token=old[1].token)])
+        assert (await store.list_slices(bid))[1].completed == 1
+        renewed = await store.renew_leases(old, lease_seconds=LONG)
+        assert held(renewed) == [(bid, 1)]
+        # the zombie's renewal did not extend node-b's lease: it lapses on time
+        await asyncio.sleep(PAST_SHORT)
+        (again,) = await second.claim_slices("c", limit=5, lease_seconds=LONG)
+        assert held([again]) == [(bid, 0)] and again.token > new0.token
+        assert await second.renew_leases([new0], lease_seconds=LONG) == []
+
+    @pytest.mark.asyncio
+    async def test_a_released_slice_is_claimable_at_once(
+        self, store: Store, second: Store
+    ) -> None:
+        bid = await processing(store, [1, 1])
+        mine = await store.claim_slices("a", limit=2, lease_seconds=LONG)
+        await store.release_leases(mine[:1])
+        (taken,) = await second.claim_slices("b", limit=5, lease_seconds=LONG)
+        assert held([taken]) == [(bid, 0)] and taken.token > mine[0].token
+        # the released lease is over: no progress, no renewal, no second release
+        with pytest.raises(Fenced):
+            await store.record_progress(bid, [SliceProgress(0, 5, 1, 0, False,
+                                                            token=mine[0].token)])
+        assert await store.renew_leases(mine[:1], lease_seconds=LONG) == []
+        await store.release_leases(mine[:1])
+        assert await store.claim_slices("c", limit=5, lease_seconds=LONG) == []
+        await second.record_progress(bid, [SliceProgress(0, 5, 1, 0, True, token=taken.token)])
+        await store.release_leases([])
+
+
+class TestFinalizeClaim:
+    @pytest.mark.asyncio
+    async def test_exactly_one_of_many_wins(self, store: Store, second: Store) -> None:
+        bid = await batch_in(store, S.WRITING_RESULTS)
+        results = await asyncio.gather(*(
+            s.claim_finalize(bid, f"node-{i}", lease_seconds=LONG)
+            for i in range(8) for s in (store, second)
+        ))
+        won = [r for r in results if r is not None]
+        assert len(won) == 1, results
+        b = await second.finish(bid, S.COMPLETED, files=[], fin_token=won[0])
+        assert b.status is S.COMPLETED
+
+    @pytest.mark.asyncio
+    async def test_only_while_results_are_written(self, store: Store) -> None:
+        for status in (S.VALIDATING, S.PROCESSING, S.PROCESSED, S.COMPLETED, S.CANCEL,
+                       S.CANCELLED, S.EXPIRED):
+            bid = await batch_in(store, status)
+            assert await store.claim_finalize(bid, "n", lease_seconds=LONG) is None, status
+        assert await store.claim_finalize("batch_nope", "n", lease_seconds=LONG) is None
+        cancelling = await batch_in(store, S.CANCELLING)
+        assert await store.claim_finalize(cancelling, "n", lease_seconds=LONG) is not None
+        with pytest.raises(ValueError):
+            await store.claim_finalize(cancelling, "n", lease_seconds=-1)
+
+    @pytest.mark.asyncio
+    async def test_finish_under_a_stale_fin_token_is_fenced(
+        self, store: Store, second: Store
+    ) -> None:
+        bid = await batch_in(store, S.WRITING_RESULTS)
+        old = await store.claim_finalize(bid, "node-a", lease_seconds=SHORT)
+        assert old is not None
+        assert await second.claim_finalize(bid, "node-b", lease_seconds=LONG) is None
+        lapsed = await batch_in(store, S.WRITING_RESULTS)
+        lapsed_token = await store.claim_finalize(lapsed, "node-a", lease_seconds=SHORT)
+        await asyncio.sleep(PAST_SHORT)
+        # a lapsed claim nobody took over still finishes: its token is current
+        assert lapsed_token is not None
+        assert (await store.finish(lapsed, S.COMPLETED, files=[],
+                                   fin_token=lapsed_token)).status is S.COMPLETED
+        # the same token cannot finish twice: the move itself is refused
+        with pytest.raises(Conflict) as refused:
+            await store.finish(lapsed, S.COMPLETED, files=[], fin_token=lapsed_token)
+        assert not isinstance(refused.value, Fenced)
+        new = await second.claim_finalize(bid, "node-b", lease_seconds=LONG)
+        assert new is not None and new > old
+        before = await store.get_batch(None, bid)
+        out = new_file(purpose="batch_output")
+        with pytest.raises(Fenced):
+            await store.finish(bid, S.COMPLETED, files=[out], fin_token=old,
+                               output_file_id=out.id, completed=1)
+        assert await store.get_batch(None, bid) == before
+        with pytest.raises(NotFound):
+            await store.get_file(ACCT, out.id)
+        b = await second.finish(bid, S.COMPLETED, files=[out], fin_token=new,
+                                output_file_id=out.id, completed=1)
+        assert (b.status, b.output_file_id, b.completed) == (S.COMPLETED, out.id, 1)
+        assert await store.get_file(ACCT, out.id) == out
+
+    @pytest.mark.asyncio
+    async def test_finish_with_a_token_never_claimed_is_fenced(self, store: Store) -> None:
+        bid = await batch_in(store, S.CANCELLING)
+        with pytest.raises(Fenced):
+            await store.finish(bid, S.CANCELLED, files=[], fin_token=1)
+        assert (await store.get_batch(None, bid)).status is S.CANCELLING
+        # without a token, finish is as it always was
+        assert (await store.finish(bid, S.CANCELLED, files=[])).status is S.CANCELLED
+
+
+
+class TestNodes:
+    @pytest.mark.asyncio
+    async def test_heartbeats_count_live_nodes(self, store: Store, second: Store) -> None:
+        assert await store.heartbeat("node-a", ttl=LONG) == 1
+        assert await second.heartbeat("node-b", ttl=LONG) == 2
+        assert await store.heartbeat("node-a", ttl=LONG) == 2  # again: still two
+        assert await second.heartbeat("node-c", ttl=SHORT) == 3
+        await asyncio.sleep(PAST_SHORT)
+        assert await store.heartbeat("node-a", ttl=LONG) == 2  # node-c went silent
+        await second.leave("node-b")
+        assert await store.heartbeat("node-a", ttl=LONG) == 1
+        assert await second.heartbeat("node-c", ttl=LONG) == 2  # back again
+        await store.leave("node-x")  # never there: nothing to do
+        with pytest.raises(ValueError):
+            await store.heartbeat("node-a", ttl=0)
+
+    @pytest.mark.asyncio
+    async def test_concurrent_heartbeats(self, store: Store, second: Store) -> None:
+        counts = await asyncio.gather(*(
+            s.heartbeat(f"node-{i}", ttl=LONG) for i in range(10) for s in (store, second)
+        ))
+        assert max(counts) <= 10 and min(counts) >= 1
+        assert await store.heartbeat("node-0", ttl=LONG) == 10

@@ -26,8 +26,15 @@ from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, P
 from barge.domain.permissions import Role, make_role
 from barge.domain.status import CANCELLABLE, STAMPS, TERMINAL, Status, can_transition
 from barge.domain.usage import MAX_TOKENS, NO_USAGE, Usage
-from barge.exceptions import BargeError, Conflict, NotFound, StorageError, StoreUnavailable
-from barge.store.protocol import Page, SliceProgress, Store
+from barge.exceptions import (
+    BargeError,
+    Conflict,
+    Fenced,
+    NotFound,
+    StorageError,
+    StoreUnavailable,
+)
+from barge.store.protocol import FINALIZING, Lease, Page, SliceProgress, Store
 
 R = TypeVar("R")
 
@@ -50,6 +57,8 @@ _SLICE_COLUMNS = (
     "batch_id, no, start_line, n_lines, start_offset, end_offset, committed_bytes, completed,"
     " failed, done"
 )
+_LEASE_COLUMNS = f"{_SLICE_COLUMNS}, lease_token, lease_owner, lease_expires"
+_S_LEASE_COLUMNS = ", ".join(f"s.{c}" for c in _LEASE_COLUMNS.split(", "))  # slices AS s
 # Columns ``transition``/``finish`` may set besides status and timestamps, with the type
 # each parameter is sent as.
 _SETTABLE = {
@@ -165,6 +174,22 @@ def _slice(row: Any) -> Slice:
     )
 
 
+def _lease(row: Any) -> Lease:
+    return Lease(slice=_slice(row), token=row["lease_token"], node=row["lease_owner"],
+                 expires_at=row["lease_expires"])
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+
+
+def _lease_arrays(leases: Sequence[Lease]) -> list[list[Any]]:
+    """The leases as (batch ids, slice numbers, tokens), for ``unnest``."""
+    return [[x.batch_id for x in leases], [x.slice_no for x in leases],
+            [x.token for x in leases]]
+
+
 def _role(row: Any) -> Role:
     return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))
 
@@ -183,7 +208,9 @@ class _Move:
     """One statement that moves a batch along ``path`` (each step checked as by
     ``transition``) and returns either the moved record (``moved`` true) or, when the
     move was not allowed, the record as it stands (``moved`` false); no row: no such
-    batch. ``extra`` CTEs may follow, each seeing the CTE ``moved``."""
+    batch. ``extra`` CTEs may follow, each seeing the CTE ``moved``. With ``fin_token``,
+    the move is also fenced: only while that is the batch's finalisation token (the row
+    returned carries ``fin_token`` either way)."""
 
     def __init__(
         self,
@@ -192,6 +219,7 @@ class _Move:
         fields: dict[str, Any],
         *,
         account: str | None = None,
+        fin_token: int | None = None,
     ) -> None:
         unknown = set(fields) - set(_SETTABLE)
         if unknown:
@@ -216,12 +244,14 @@ class _Move:
         where = f"id = {batch_id}"
         if account is not None:
             where += f" AND account = {self.arg(account)} AND status <> 'deleting'"
+        self.fin_token = fin_token
+        fence = "" if fin_token is None else f" AND fin_token = {self.arg(fin_token)}::bigint"
         self._update = (
             f"UPDATE batches SET {', '.join(sets)}"
             f" WHERE {where} AND status = ANY({self.arg(sorted(s.value for s in allowed))}::text[])"
-            f" RETURNING {_BATCH_COLUMNS}"
+            f"{fence} RETURNING {_BATCH_COLUMNS}, fin_token"
         )
-        self._current = f"SELECT FALSE, {_BATCH_COLUMNS} FROM batches WHERE {where}"
+        self._current = f"SELECT FALSE, {_BATCH_COLUMNS}, fin_token FROM batches WHERE {where}"
 
     def arg(self, value: Any) -> str:
         self.args.append(value)
@@ -231,7 +261,7 @@ class _Move:
         ctes = ",\n".join([f"moved AS ({self._update})", *extra])
         return (
             f"WITH {ctes}\n"
-            f"SELECT TRUE AS moved, {_BATCH_COLUMNS} FROM moved UNION ALL"
+            f"SELECT TRUE AS moved, {_BATCH_COLUMNS}, fin_token FROM moved UNION ALL"
             f" {self._current} AND NOT EXISTS (SELECT 1 FROM moved)",
             [batch_id, *self.args[1:]],
         )
@@ -384,11 +414,11 @@ class PostgresStore:
                 if not (read and attempt == 1 and _lost_connection(e)):
                     raise _translate(e, self.where) from e
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def _fetch(self, sql: str, *args: Any, read: bool = True) -> list[Any]:
         async def q(conn: Any) -> list[Any]:
             return list(await conn.fetch(sql, *args))
 
-        return await self._call(q, read=True)
+        return await self._call(q, read=read)
 
     async def _fetchrow(self, sql: str, *args: Any, read: bool = True) -> Any:
         async def q(conn: Any) -> Any:
@@ -398,13 +428,18 @@ class PostgresStore:
 
     async def _move(self, batch_id: str, move: _Move, *extra: str,
                     extra_args: Sequence[Any] = ()) -> tuple[bool, BatchRecord]:
-        """Run ``move``; (whether it moved, the record). NotFound when no such batch."""
+        """Run ``move``; (whether it moved, the record). NotFound when no such batch;
+        Fenced when the move is fenced and the batch's finalisation token is another."""
         sql, args = move.sql(batch_id, *extra)
         for _ in range(RETRIES):
             row = await self._fetchrow(sql, *args, *extra_args, read=False)
             if row is None:
                 raise NotFound(f"No such batch: {batch_id}", param="batch_id")
             b = _batch(row)
+            if not row["moved"] and move.fin_token is not None \
+                    and row["fin_token"] != move.fin_token:
+                raise Fenced(f"Batch {batch_id} is being finalised under another token.",
+                             param="fin_token")
             if row["moved"] or b.status not in move.allowed:
                 return bool(row["moved"]), b
             # The row read was older than the one the UPDATE found (another node moved
@@ -639,6 +674,9 @@ class PostgresStore:
         # can never make this statement fail and wedge the batch.
         add = [_tokens(n) for n in (usage.input_tokens, usage.output_tokens,
                                      usage.cached_tokens, usage.reasoning_tokens)]
+        if any(p.token is not None for p in progress):
+            await self._record_fenced(batch_id, progress, merged, add)
+            return
         await self._fetchrow(
             "WITH p AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[],"
             "  $5::bigint[], $6::bool[]) AS p (no, committed_bytes, completed, failed, done)),"
@@ -658,10 +696,56 @@ class PostgresStore:
             *add, MAX_TOKENS, read=False,
         )
 
+    async def _record_fenced(
+        self, batch_id: str, progress: Sequence[SliceProgress], merged: dict[int, list[int]],
+        add: list[int],
+    ) -> None:
+        """``record_progress`` under lease tokens, in one statement: ``held`` locks the
+        slices whose token is still current; only when that is every slice given a token
+        (``ok``) do the slices and the batch change. A claimer that took a slice over
+        first has changed its token, which the lock's re-check sees; one that comes
+        after waits for this statement's commit."""
+        tokens: dict[int, int] = {}
+        for p in progress:
+            if p.token is not None and tokens.setdefault(p.no, p.token) != p.token:
+                raise Fenced(f"Slice {p.no} of batch {batch_id}: two tokens in one flush.",
+                             param="token")
+        row = await self._fetchrow(
+            "WITH p AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[],"
+            "  $5::bigint[], $6::bool[], $14::bigint[])"
+            "  AS p (no, committed_bytes, completed, failed, done, token)),"
+            " held AS (SELECT slices.no FROM slices JOIN p ON slices.no = p.no"
+            "  WHERE slices.batch_id = $1 AND slices.lease_token = p.token"
+            "  FOR UPDATE OF slices),"
+            " ok AS (SELECT count(*) = $15 AS ok FROM held),"
+            " s AS (UPDATE slices SET committed_bytes = p.committed_bytes,"
+            "  completed = slices.completed + p.completed, failed = slices.failed + p.failed,"
+            "  done = p.done FROM p, ok WHERE ok.ok AND slices.batch_id = $1"
+            "  AND slices.no = p.no"
+            "  AND (p.token IS NULL OR slices.lease_token = p.token)),"
+            " b AS (UPDATE batches SET completed = completed + $7, failed = failed + $8,"
+            f" updated_at = {_NOW},"
+            " input_tokens = LEAST(input_tokens + $9, $13),"
+            " output_tokens = LEAST(output_tokens + $10, $13),"
+            " cached_tokens = LEAST(cached_tokens + $11, $13),"
+            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13)"
+            " WHERE id = $1 AND (SELECT ok FROM ok))"
+            " SELECT ok FROM ok",
+            batch_id, list(merged), [m[0] for m in merged.values()],
+            [m[1] for m in merged.values()], [m[2] for m in merged.values()],
+            [bool(m[3]) for m in merged.values()],
+            sum(p.completed for p in progress), sum(p.failed for p in progress),
+            *add, MAX_TOKENS, [tokens.get(no) for no in merged], len(tokens), read=False,
+        )
+        if not row["ok"]:
+            raise Fenced(f"Batch {batch_id}: a lease given is no longer held under its"
+                         " token; nothing was recorded.", param="token")
+
     async def finish(
-        self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
+        self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
+        fin_token: int | None = None, **fields: Any,
     ) -> BatchRecord:
-        move = _Move([to], None, fields)
+        move = _Move([to], None, fields, fin_token=fin_token)
         if not files:
             return await self._transition(batch_id, move)
         n = len(move.args)
@@ -706,6 +790,97 @@ class PostgresStore:
         rows = await self._fetch(
             f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {_UNFINISHED} ORDER BY seq")
         return [_batch(r) for r in rows]
+
+    # -- leases ---------------------------------------------------------------
+
+    async def claim_slices(
+        self, node: str, *, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        _positive("lease_seconds", lease_seconds)
+        if limit <= 0:
+            return []
+        # SKIP LOCKED: a slice another claimer is taking right now is passed over, not
+        # waited for; one taken over since this statement's snapshot fails the re-check
+        # of its row (its lease is no longer free) and is left out.
+        rows = await self._fetch(
+            "WITH free AS (SELECT s.batch_id, s.no, b.seq FROM slices AS s"
+            "  JOIN batches AS b ON b.id = s.batch_id"
+            "  WHERE b.status = 'processing' AND NOT s.done"
+            f"  AND (s.lease_expires IS NULL OR s.lease_expires <= {_NOW})"
+            "  ORDER BY b.seq, s.no LIMIT $2 FOR UPDATE OF s SKIP LOCKED)"
+            " UPDATE slices AS s SET lease_token = nextval('lease_tokens'), lease_owner = $1,"
+            f" lease_expires = {_NOW} + $3"
+            " FROM free WHERE s.batch_id = free.batch_id AND s.no = free.no"
+            f" RETURNING free.seq AS batch_seq, {_S_LEASE_COLUMNS}",
+            node, limit, float(lease_seconds), read=False,
+        )
+        rows.sort(key=lambda r: (r["batch_seq"], r["no"]))
+        return [_lease(r) for r in rows]
+
+    async def renew_leases(
+        self, leases: Sequence[Lease], *, lease_seconds: float
+    ) -> list[Lease]:
+        _positive("lease_seconds", lease_seconds)
+        if not leases:
+            return []
+        rows = await self._fetch(
+            f"UPDATE slices AS s SET lease_expires = {_NOW} + $4"
+            " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS l (batch_id, no, token)"
+            " WHERE s.batch_id = l.batch_id AND s.no = l.no AND s.lease_token = l.token"
+            f" RETURNING {_S_LEASE_COLUMNS}",
+            *_lease_arrays(leases), float(lease_seconds), read=False,
+        )
+        order = {(x.batch_id, x.slice_no): i for i, x in enumerate(leases)}
+        rows.sort(key=lambda r: order[(r["batch_id"], r["no"])])
+        return [_lease(r) for r in rows]
+
+    async def release_leases(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        await self._fetch(
+            "UPDATE slices AS s SET lease_token = NULL, lease_owner = NULL,"
+            " lease_expires = NULL"
+            " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS l (batch_id, no, token)"
+            " WHERE s.batch_id = l.batch_id AND s.no = l.no AND s.lease_token = l.token",
+            *_lease_arrays(leases), read=False,
+        )
+
+    async def claim_finalize(
+        self, batch_id: str, node: str, *, lease_seconds: float
+    ) -> int | None:
+        _positive("lease_seconds", lease_seconds)
+        row = await self._fetchrow(
+            "UPDATE batches SET fin_token = nextval('lease_tokens'), fin_owner = $2,"
+            f" fin_expires = {_NOW} + $3"
+            " WHERE id = $1 AND status = ANY($4::text[])"
+            f" AND (fin_expires IS NULL OR fin_expires <= {_NOW})"
+            " RETURNING fin_token",
+            batch_id, node, float(lease_seconds), sorted(FINALIZING), read=False,
+        )
+        return None if row is None else int(row["fin_token"])
+
+    # -- nodes ----------------------------------------------------------------
+
+    async def heartbeat(self, node: str, *, ttl: float) -> int:
+        _positive("ttl", ttl)
+        # The final SELECT sees the table as it was before this statement: the other
+        # nodes still alive, plus this one.
+        row = await self._fetchrow(
+            "WITH gone AS (DELETE FROM nodes WHERE node IN (SELECT node FROM nodes"
+            f"  WHERE expires_at <= {_NOW} AND node <> $1 FOR UPDATE SKIP LOCKED)),"
+            " me AS (INSERT INTO nodes (node, started_at, expires_at)"
+            f"  VALUES ($1, {_NOW}, {_NOW} + $2)"
+            "  ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at,"
+            "  started_at = CASE WHEN nodes.expires_at <= excluded.started_at"
+            "   THEN excluded.started_at ELSE nodes.started_at END)"
+            f" SELECT 1 + count(*) AS live FROM nodes WHERE expires_at > {_NOW}"
+            " AND node <> $1",
+            node, float(ttl), read=False,
+        )
+        return int(row["live"])
+
+    async def leave(self, node: str) -> None:
+        await self._fetchrow("DELETE FROM nodes WHERE node = $1", node, read=False)
 
     # -- keys -----------------------------------------------------------------
 

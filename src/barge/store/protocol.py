@@ -23,7 +23,38 @@ class SliceProgress:
     failed: int  # added since the last flush
     done: bool
     usage: Usage = NO_USAGE  # tokens added since the last flush
+    # The lease token the flush was made under (``Lease.token``); None: no lease (the
+    # single-node engine), and the progress is applied unfenced, as it always was.
+    token: int | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A node's claim on one slice until ``expires_at``, under ``token``. Tokens come from
+    one counter the whole cluster shares, so a later claim always has a higher token; a
+    write under a token that is no longer the slice's current one is refused (Fenced).
+    ``slice`` is the slice as it stood when claimed or renewed: where to resume
+    (``committed_bytes``) and what is left (``n_lines``, offsets, counts)."""
+
+    slice: Slice
+    token: int
+    node: str
+    # Unix seconds on the store's clock (PostgreSQL's for PostgresStore), which need not
+    # agree with this node's: a holder times its lease with its own monotonic clock,
+    # from before the call that claimed or renewed it.
+    expires_at: float
+
+    @property
+    def batch_id(self) -> str:
+        return self.slice.batch_id
+
+    @property
+    def slice_no(self) -> int:
+        return self.slice.no
+
+
+# Statuses in which a batch's result files are written, and ``claim_finalize`` can win.
+FINALIZING = frozenset({Status.WRITING_RESULTS, Status.CANCELLING})
 
 T = TypeVar("T")
 
@@ -111,12 +142,59 @@ class Store(Protocol):
     async def list_slices(self, batch_id: str) -> list[Slice]: ...
 
     async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
-        """Acknowledge durable results of several slices in one transaction."""
+        """Acknowledge durable results of several slices in one transaction. Entries with
+        a ``token`` are fenced: unless every token given is still its slice's current
+        one, nothing of the call is applied and Fenced is raised. Entries without one
+        are applied as they are (no lease is checked)."""
 
     async def finish(
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
     ) -> BatchRecord:
-        """Publish result files and move the batch to ``to`` in one transaction."""
+        """Publish result files and move the batch to ``to`` in one transaction. With
+        ``fin_token=`` (an int from ``claim_finalize``), only while that is still the
+        batch's current finalisation token; otherwise Fenced, and nothing changes.
+
+        ``fin_token`` is declared by each implementation (``int | None = None``), not
+        here: the engine passes its fields as a ``dict[str, object]``, which a typed
+        keyword here would refuse."""
+
+    # Leases: many nodes share the slices of processing batches.
+    async def claim_slices(
+        self, node: str, *, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        """Lease up to ``limit`` slices to ``node`` for ``lease_seconds``: slices not
+        done, of batches in ``processing``, that nobody holds (never leased, released,
+        or whose lease has expired). Each gets a new token. Concurrent claimers, on this
+        store or on others sharing its data, never get the same slice. Oldest batch
+        first, then by slice number (no fairness across accounts yet)."""
+
+    async def renew_leases(
+        self, leases: Sequence[Lease], *, lease_seconds: float
+    ) -> list[Lease]:
+        """Extend each lease still held under its token to ``lease_seconds`` from now;
+        returns those renewed (with their new expiry). A lease another node has taken
+        over, or that was released, is left alone and missing from the result. A lease
+        that expired but that nobody took over is still held (its token is current)."""
+
+    async def release_leases(self, leases: Sequence[Lease]) -> None:
+        """Give leases back (a graceful shutdown): each still held under its token ends
+        now, and its slice can be claimed at once; writes under it are Fenced."""
+
+    async def claim_finalize(
+        self, batch_id: str, node: str, *, lease_seconds: float
+    ) -> int | None:
+        """Win the right to write a batch's result files: the new finalisation token, or
+        None when the batch is not in ``writing_results`` or ``cancelling`` (or does not
+        exist) or another node's claim has not expired. Exactly one of concurrent
+        callers wins; ``finish(..., fin_token=...)`` then succeeds only under it."""
+
+    # Nodes: who is alive, to share an upstream budget.
+    async def heartbeat(self, node: str, *, ttl: float) -> int:
+        """Record that ``node`` is alive for ``ttl`` more seconds; returns how many nodes
+        are alive now, itself included. Rows of nodes gone silent are forgotten."""
+
+    async def leave(self, node: str) -> None:
+        """Forget ``node`` at once (a graceful shutdown)."""
 
     async def deleting_batches(self) -> list[BatchRecord]:
         """Batches marked ``deleting`` whose purge has not finished, oldest first."""

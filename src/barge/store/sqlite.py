@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -20,8 +20,8 @@ from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, P
 from barge.domain.permissions import Role, make_role
 from barge.domain.status import CANCELLABLE, STAMPS, TERMINAL, Status, can_transition
 from barge.domain.usage import MAX_TOKENS, NO_USAGE, Usage
-from barge.exceptions import Conflict, NotFound, StorageError, StoreUnavailable
-from barge.store.protocol import Page, SliceProgress
+from barge.exceptions import Conflict, Fenced, NotFound, StorageError, StoreUnavailable
+from barge.store.protocol import FINALIZING, Lease, Page, SliceProgress, Store
 
 R = TypeVar("R")
 _Job = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]"]
@@ -132,6 +132,57 @@ def _tokens(n: int) -> int:
 
 def _slice(row: sqlite3.Row) -> Slice:
     return Slice(**{k: row[k] for k in row.keys()} | {"done": bool(row["done"])})  # noqa: SIM118
+
+
+_SLICE_COLUMNS = (
+    "batch_id, no, start_line, n_lines, start_offset, end_offset, committed_bytes, completed,"
+    " failed, done"
+)
+_LEASE_COLUMNS = f"{_SLICE_COLUMNS}, lease_token, lease_owner, lease_expires"
+
+
+def _lease(row: sqlite3.Row) -> Lease:
+    return Lease(
+        slice=Slice(row["batch_id"], row["no"], row["start_line"], row["n_lines"],
+                    row["start_offset"], row["end_offset"], row["committed_bytes"],
+                    row["completed"], row["failed"], bool(row["done"])),
+        token=row["lease_token"], node=row["lease_owner"], expires_at=row["lease_expires"],
+    )
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+
+
+def _next_tokens(db: sqlite3.Connection, n: int) -> range:
+    """Take ``n`` new tokens from the counter (inside the caller's transaction)."""
+    db.execute("UPDATE lease_tokens SET last = last + ?", (n,))
+    last = int(db.execute("SELECT last FROM lease_tokens").fetchone()[0])
+    return range(last - n + 1, last + 1)
+
+
+def _check_fence(db: sqlite3.Connection, batch_id: str,
+                 progress: Sequence[SliceProgress]) -> None:
+    """Raise Fenced unless every token given in ``progress`` is its slice's current one."""
+    wanted: dict[int, int] = {}
+    for p in progress:
+        if p.token is None:
+            continue
+        if wanted.setdefault(p.no, p.token) != p.token:
+            raise Fenced(f"Slice {p.no} of batch {batch_id}: two tokens in one flush.",
+                         param="token")
+    if not wanted:
+        return
+    current = dict(db.execute(
+        f"SELECT no, lease_token FROM slices WHERE batch_id=?"
+        f" AND no IN ({','.join('?' * len(wanted))})",
+        (batch_id, *wanted),
+    ).fetchall())
+    stale = sorted(no for no, token in wanted.items() if current.get(no) != token)
+    if stale:
+        raise Fenced(f"Batch {batch_id}: the lease on slice {stale[0]} is no longer held"
+                     " under its token; nothing was recorded.", param="token")
 
 
 class SQLiteStore:
@@ -529,9 +580,7 @@ class SQLiteStore:
     async def list_slices(self, batch_id: str) -> list[Slice]:
         def q(db: sqlite3.Connection) -> list[Slice]:
             rows = db.execute(
-                "SELECT batch_id, no, start_line, n_lines, start_offset, end_offset,"
-                " committed_bytes, completed, failed, done FROM slices WHERE batch_id=?"
-                " ORDER BY no",
+                f"SELECT {_SLICE_COLUMNS} FROM slices WHERE batch_id=? ORDER BY no",
                 (batch_id,),
             ).fetchall()
             return [_slice(r) for r in rows]
@@ -539,7 +588,11 @@ class SQLiteStore:
         return await self._read(q)
 
     async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
+        fenced = any(p.token is not None for p in progress)
+
         def q(db: sqlite3.Connection) -> None:
+            if fenced:  # before anything is written: all or nothing
+                _check_fence(db, batch_id, progress)
             db.executemany(
                 "UPDATE slices SET committed_bytes=?, completed=completed+?, failed=failed+?,"
                 " done=? WHERE batch_id=? AND no=?",
@@ -564,9 +617,16 @@ class SQLiteStore:
         await self._run(q)
 
     async def finish(
-        self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
+        self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
+        fin_token: int | None = None, **fields: Any,
     ) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
+            if fin_token is not None:
+                row = db.execute("SELECT fin_token FROM batches WHERE id=?",
+                                 (batch_id,)).fetchone()
+                if row is not None and row["fin_token"] != fin_token:
+                    raise Fenced(f"Batch {batch_id} is being finalised under another token.",
+                                 param="fin_token")
             for f in files:
                 db.execute(
                     f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -608,6 +668,128 @@ class SQLiteStore:
             return [_batch(r) for r in rows]
 
         return await self._read(q)
+
+    # -- leases ---------------------------------------------------------------
+    # Every verb is one write job: the writer's transaction (BEGIN IMMEDIATE) keeps out
+    # every other writer, of this store or of another on the same file, so a check and
+    # the write it guards see the same rows.
+
+    async def claim_slices(
+        self, node: str, *, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        _positive("lease_seconds", lease_seconds)
+        if limit <= 0:
+            return []
+
+        def q(db: sqlite3.Connection) -> list[Lease]:
+            now = time.time()
+            free = db.execute(
+                "SELECT s.batch_id, s.no FROM slices AS s JOIN batches AS b ON b.id = s.batch_id"
+                " WHERE b.status = 'processing' AND s.done = 0"
+                " AND (s.lease_expires IS NULL OR s.lease_expires <= ?)"
+                " ORDER BY b.seq, s.no LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            if not free:
+                return []
+            tokens = _next_tokens(db, len(free))
+            expires = now + lease_seconds
+            db.executemany(
+                "UPDATE slices SET lease_token=?, lease_owner=?, lease_expires=?"
+                " WHERE batch_id=? AND no=?",
+                [(token, node, expires, r["batch_id"], r["no"])
+                 for token, r in zip(tokens, free, strict=True)],
+            )
+            return [_lease(db.execute(
+                f"SELECT {_LEASE_COLUMNS} FROM slices WHERE batch_id=? AND no=?",
+                (r["batch_id"], r["no"])).fetchone()) for r in free]
+
+        return await self._run(q)
+
+    async def renew_leases(
+        self, leases: Sequence[Lease], *, lease_seconds: float
+    ) -> list[Lease]:
+        _positive("lease_seconds", lease_seconds)
+        if not leases:
+            return []
+
+        def q(db: sqlite3.Connection) -> list[Lease]:
+            expires = time.time() + lease_seconds
+            renewed = []
+            for lease in leases:
+                cur = db.execute(
+                    "UPDATE slices SET lease_expires=? WHERE batch_id=? AND no=?"
+                    " AND lease_token=?",
+                    (expires, lease.batch_id, lease.slice_no, lease.token),
+                )
+                if cur.rowcount:
+                    renewed.append(_lease(db.execute(
+                        f"SELECT {_LEASE_COLUMNS} FROM slices WHERE batch_id=? AND no=?",
+                        (lease.batch_id, lease.slice_no)).fetchone()))
+            return renewed
+
+        return await self._run(q)
+
+    async def release_leases(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+
+        def q(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE slices SET lease_token=NULL, lease_owner=NULL, lease_expires=NULL"
+                " WHERE batch_id=? AND no=? AND lease_token=?",
+                [(lease.batch_id, lease.slice_no, lease.token) for lease in leases],
+            )
+
+        await self._run(q)
+
+    async def claim_finalize(
+        self, batch_id: str, node: str, *, lease_seconds: float
+    ) -> int | None:
+        _positive("lease_seconds", lease_seconds)
+
+        def q(db: sqlite3.Connection) -> int | None:
+            now = time.time()
+            row = db.execute(
+                "SELECT 1 FROM batches WHERE id=?"
+                f" AND status IN ({','.join('?' * len(FINALIZING))})"
+                " AND (fin_expires IS NULL OR fin_expires <= ?)",
+                (batch_id, *sorted(FINALIZING), now),
+            ).fetchone()
+            if row is None:
+                return None
+            (token,) = _next_tokens(db, 1)
+            db.execute("UPDATE batches SET fin_token=?, fin_owner=?, fin_expires=? WHERE id=?",
+                       (token, node, now + lease_seconds, batch_id))
+            return token
+
+        return await self._run(q)
+
+    # -- nodes ----------------------------------------------------------------
+
+    async def heartbeat(self, node: str, *, ttl: float) -> int:
+        _positive("ttl", ttl)
+
+        def q(db: sqlite3.Connection) -> int:
+            now = time.time()
+            db.execute("DELETE FROM nodes WHERE expires_at <= ? AND node <> ?", (now, node))
+            db.execute(
+                "INSERT INTO nodes (node, started_at, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at,"
+                " started_at = CASE WHEN nodes.expires_at <= excluded.started_at"
+                "  THEN excluded.started_at ELSE nodes.started_at END",
+                (node, now, now + ttl),
+            )
+            return int(db.execute("SELECT count(*) FROM nodes WHERE expires_at > ?",
+                                  (now,)).fetchone()[0])
+
+        return await self._run(q)
+
+    async def leave(self, node: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM nodes WHERE node=?", (node,))
+
+        await self._run(q)
 
     # -- keys -----------------------------------------------------------------
 
@@ -725,3 +907,9 @@ def split_statements(sql: str) -> list[str]:
 
 _TRIGGER = re.compile(r"CREATE\s+(TEMP\s+|TEMPORARY\s+)?TRIGGER\b", re.I)
 _TRIGGER_END = re.compile(r"\bEND$", re.I)
+
+
+if TYPE_CHECKING:  # mypy checks that SQLiteStore is a Store, method for method
+
+    def _is_a_store(s: SQLiteStore) -> Store:
+        return s
