@@ -1,8 +1,9 @@
 """Security acceptance: no privilege escalation through the admin API, against a real
 ``barge serve``. A key allowed ``manage_keys`` may hand on only what its own role holds:
 the keys it makes get roles whose actions and operations are a subset of its own, only
-admin keys make admin keys, and the roles it creates allow nothing it lacks. A refusal
-is a 403 that changes nothing."""
+admin keys make admin keys, and the roles it creates allow nothing it lacks. Likewise it
+revokes only keys whose role it could grant (and itself): a key-master cannot lock its
+account's administrators out. A refusal is a 403 that changes nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from api.keys_support import (
     unique,
 )
 from api.support import CHAT, chat_line, run_batch
-from barge_process import BargeProcess
+from barge_process import ADMIN_KEY, BargeProcess
 
 EMBEDDINGS = "/v1/embeddings"
 
@@ -164,3 +165,114 @@ def test_builtin_roles_with_everything_keep_working(shared_barge: BargeProcess,
         assert r.json()["account"] == account
     else:
         http_error(r, status=403, code="permission_denied")
+
+
+# -- revoking -----------------------------------------------------------------------------
+
+
+def _live(barge: BargeProcess, key_id: str) -> bool:
+    r = admin_request(barge, "GET", "/admin/keys")
+    assert r.status_code == 200, r.text
+    return next(k for k in r.json()["data"] if k["id"] == key_id)["revoked_at"] is None
+
+
+def _revoke(barge: BargeProcess, key_id: str, *, by: str = ADMIN_KEY) -> None:
+    r = admin_request(barge, "DELETE", f"/admin/keys/{key_id}", key=by)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": key_id, "object": "api_key", "revoked": True}
+    assert not _live(barge, key_id)
+
+
+def _refused_revoke(barge: BargeProcess, by: str, key_id: str, secret: str,
+                    role: str) -> dict[str, Any]:
+    """Revoking ``key_id`` is 403 naming its role, and the key stays live and working."""
+    r = admin_request(barge, "DELETE", f"/admin/keys/{key_id}", key=by)
+    err = http_error(r, status=403, param="key_id", code="permission_denied")
+    assert role in err["message"], err
+    assert _live(barge, key_id)
+    assert admin_request(barge, "GET", "/files", key=secret).status_code == 200
+    return err
+
+
+def test_a_keymaster_cannot_revoke_admin_keys_or_keys_of_wider_roles(
+    shared_barge: BargeProcess
+) -> None:
+    """A key allowed manage_keys (and little else) must not lock its account's
+    administrators out: it revokes only keys whose role it could grant."""
+    barge = shared_barge
+    account, _, secret = _keymaster(barge, READER_ACTIONS)
+    admin_id, admin_secret = api_key(barge, "admin", account)
+    member_id, member_secret = api_key(barge, "member", account)
+    wider = unique("wider")
+    create_role(barge, wider, [*READER_ACTIONS, "manage_keys", "delete_file"], [],
+                account=account)
+    wider_id, wider_secret = api_key(barge, wider, account)
+
+    err = _refused_revoke(barge, secret, admin_id, admin_secret, "admin")
+    assert "manage_keys" in err["message"], err  # the admin role is never within reach
+    assert "upload_file" in _refused_revoke(barge, secret, member_id, member_secret,
+                                            "member")["message"]
+    assert "delete_file" in _refused_revoke(barge, secret, wider_id, wider_secret,
+                                            wider)["message"]
+    # The admin key still manages the account.
+    assert admin_request(barge, "GET", "/admin/keys", key=admin_secret).status_code == 200
+
+
+def test_a_keymaster_with_manage_keys_alone_cannot_revoke_an_admin_key(
+    shared_barge: BargeProcess
+) -> None:
+    barge = shared_barge
+    account, _, secret = _keymaster(barge, [])
+    admin_id, admin_secret = api_key(barge, "admin", account)
+    _refused_revoke(barge, secret, admin_id, admin_secret, "admin")
+    reader_id, reader_secret = api_key(barge, "reader", account)
+    _refused_revoke(barge, secret, reader_id, reader_secret, "reader")
+
+
+def test_a_keymaster_revokes_keys_within_its_role_and_itself(
+    shared_barge: BargeProcess
+) -> None:
+    barge = shared_barge
+    account, role, secret = _keymaster(barge, READER_ACTIONS)
+    reader_id, reader_secret = api_key(barge, "reader", account)
+    peer_id, _ = api_key(barge, role, account)
+    _revoke(barge, reader_id, by=secret)
+    http_error(admin_request(barge, "GET", "/files", key=reader_secret), status=401)
+    _revoke(barge, peer_id, by=secret)  # its own role is within its own role
+
+    # Revoking itself is always allowed (it gives up only what it holds) ...
+    own_id, own = api_key(barge, role, account)
+    _revoke(barge, own_id, by=own)
+    # ... and takes effect at once; the other key-master is untouched.
+    http_error(admin_request(barge, "GET", "/admin/keys", key=own), status=401,
+               code="invalid_api_key")
+    assert admin_request(barge, "GET", "/admin/keys", key=secret).status_code == 200
+
+
+def test_a_keymaster_cannot_revoke_another_accounts_keys(shared_barge: BargeProcess) -> None:
+    barge = shared_barge
+    _, _, secret = _keymaster(barge, READER_ACTIONS)
+    other_id, other_secret = api_key(barge, "reader", unique("elsewhere"))
+    r = admin_request(barge, "DELETE", f"/admin/keys/{other_id}", key=secret)
+    http_error(r, status=404)
+    assert _live(barge, other_id)
+    assert admin_request(barge, "GET", "/files", key=other_secret).status_code == 200
+
+
+def test_an_admin_key_revokes_any_key_of_its_account(shared_barge: BargeProcess) -> None:
+    barge = shared_barge
+    account, role, _ = _keymaster(barge, ALL_ACTIONS, ["*"])
+    _, admin_secret = api_key(barge, "admin", account)
+    victims = [api_key(barge, r, account)[0] for r in (role, "member", "reader", "admin")]
+    for key_id in victims:
+        _revoke(barge, key_id, by=admin_secret)
+    assert admin_request(barge, "GET", "/admin/keys", key=admin_secret).status_code == 200
+
+
+def test_the_server_admin_key_revokes_any_key(shared_barge: BargeProcess) -> None:
+    barge = shared_barge
+    account, _, _ = _keymaster(barge, [])
+    for role in ("admin", "member", "reader"):
+        key_id, secret = api_key(barge, role, account)
+        _revoke(barge, key_id)
+        http_error(admin_request(barge, "GET", "/files", key=secret), status=401)

@@ -2,7 +2,8 @@
 
 A stored key manages its own account only: its keys and its custom roles. It may hand on
 only what its own role holds (a key's role, a new role's actions and operations), and
-only admin keys make admin keys. The server's admin key manages every account."""
+only admin keys make admin keys; likewise it revokes only keys whose role it could grant
+(and itself). The server's admin key manages every account."""
 
 from __future__ import annotations
 
@@ -96,9 +97,21 @@ async def list_api_keys(request: Request, caller: Admin) -> JSON:
 
 @router.delete("/keys/{key_id}")
 async def revoke_api_key(request: Request, caller: Admin, key_id: str) -> JSON:
-    if key_id not in {k.id for k in await _visible_keys(request, caller)}:
+    """Revoke a live key the caller can see. A stored key may revoke only keys whose role
+    it could grant itself (as when making keys: only admin keys revoke admin keys), and
+    always itself; the server's admin key revokes any. Refused: 403, nothing changes."""
+    app = app_of(request)
+    target = next((k for k in await _visible_keys(request, caller)
+                   if k.id == key_id and k.revoked_at is None), None)
+    if target is None:
         raise NotFound(f"No such live key: {key_id}", param="key_id")
-    await app_of(request).store.revoke_key(key_id)
+    if not caller.manages_all_accounts and target.id != caller.key_id:
+        # Resolved as authentication resolves it: a custom role the account lacks allows
+        # nothing, so any manage_keys key of the account may revoke such a key.
+        held = await app.auth.role(target.account, target.role)
+        check_grant(caller.role, held, what=f"revoke keys with role '{target.role}'",
+                    param="key_id")
+    await app.store.revoke_key(key_id)
     return JSON({"id": key_id, "object": "api_key", "revoked": True})
 
 

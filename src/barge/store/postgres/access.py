@@ -1,0 +1,83 @@
+"""The PostgreSQL verbs on access: API keys and roles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from barge.domain.models import KeyRecord, Principal
+from barge.domain.permissions import Role, make_role
+from barge.exceptions import Conflict, NotFound
+from barge.store.postgres.base import Verbs
+from barge.store.postgres.rows import _NOW_S
+
+
+def _role(row: Any) -> Role:
+    return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))
+
+
+class AccessVerbs(Verbs):
+    # -- keys -----------------------------------------------------------------
+
+    async def create_key(self, key: KeyRecord, key_hash: str) -> None:
+        await self._fetchrow(
+            "INSERT INTO api_keys (id, name, account, role, key_hash, created_at)"
+            " VALUES ($1,$2,$3,$4,$5,$6)",
+            key.id, key.name, key.account, key.role, key_hash, key.created_at, read=False,
+        )
+
+    async def principal_for(self, key_hash: str) -> Principal | None:
+        row = await self._fetchrow(
+            "SELECT id, account, role FROM api_keys WHERE key_hash=$1 AND revoked_at IS NULL",
+            key_hash,
+        )
+        return None if row is None else Principal(row["account"], row["id"], row["role"])
+
+    async def list_keys(self) -> list[KeyRecord]:
+        rows = await self._fetch(
+            "SELECT id, name, account, role, created_at, revoked_at FROM api_keys"
+            ' ORDER BY created_at, id COLLATE "C"'
+        )
+        return [KeyRecord(r["id"], r["name"], r["account"], r["role"], r["created_at"],
+                          r["revoked_at"]) for r in rows]
+
+    async def revoke_key(self, key_id: str) -> None:
+        row = await self._fetchrow(
+            f"UPDATE api_keys SET revoked_at = {_NOW_S} WHERE id=$1 AND revoked_at IS NULL"
+            " RETURNING id",
+            key_id, read=False,
+        )
+        if row is None:
+            raise NotFound(f"No such live key: {key_id}", param="key_id")
+
+    # -- roles ----------------------------------------------------------------
+
+    async def create_role(self, account: str, role: Role) -> None:
+        row = await self._fetchrow(
+            "INSERT INTO roles (account, name, actions, operations, created_at)"
+            f" VALUES ($1, $2, $3::jsonb, $4::jsonb, {_NOW_S})"
+            " ON CONFLICT (account, name) DO NOTHING RETURNING name",
+            account, role.name, orjson.dumps(sorted(role.actions)).decode(),
+            orjson.dumps(sorted(role.operations)).decode(), read=False,
+        )
+        if row is None:
+            raise Conflict(f"A role named {role.name!r} exists.", param="name")
+
+    async def get_role(self, account: str, name: str) -> Role | None:
+        row = await self._fetchrow(
+            "SELECT name, actions, operations FROM roles WHERE account=$1 AND name=$2",
+            account, name,
+        )
+        return None if row is None else _role(row)
+
+    async def list_roles(self, account: str | None) -> list[tuple[str, Role]]:
+        if account is None:
+            rows = await self._fetch(
+                "SELECT account, name, actions, operations FROM roles"
+                ' ORDER BY account COLLATE "C", name COLLATE "C"')
+        else:
+            rows = await self._fetch(
+                "SELECT account, name, actions, operations FROM roles WHERE account=$1"
+                ' ORDER BY name COLLATE "C"', account)
+        return [(r["account"], _role(r)) for r in rows]

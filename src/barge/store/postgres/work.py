@@ -1,0 +1,250 @@
+"""The PostgreSQL verbs on a batch's work: its slices and their progress, the leases
+nodes hold on slices and on finalisation, finishing, and the nodes' heartbeats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from barge.domain.models import BatchRecord, FileRecord, Slice
+from barge.domain.status import Status
+from barge.domain.usage import MAX_TOKENS, NO_USAGE
+from barge.exceptions import Fenced
+from barge.store.postgres.base import Verbs
+from barge.store.postgres.moves import _Move
+from barge.store.postgres.rows import (
+    _FILE_COLUMNS,
+    _NOW,
+    _S_LEASE_COLUMNS,
+    _SLICE_COLUMNS,
+    _lease,
+    _slice,
+    _tokens,
+)
+from barge.store.protocol import FINALIZING, Lease, SliceProgress
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+
+
+def _lease_arrays(leases: Sequence[Lease]) -> list[list[Any]]:
+    """The leases as (batch ids, slice numbers, tokens), for ``unnest``."""
+    return [[x.batch_id for x in leases], [x.slice_no for x in leases],
+            [x.token for x in leases]]
+
+
+def _file_arrays(files: Sequence[FileRecord]) -> list[list[Any]]:
+    """The files as one array per column, for ``unnest``."""
+    return [
+        [f.id for f in files], [f.account for f in files], [f.filename for f in files],
+        [f.purpose for f in files], [f.bytes for f in files], [f.sha256 for f in files],
+        [f.created_at for f in files], [f.expires_at for f in files],
+        [f.lines for f in files],
+    ]
+
+
+class WorkVerbs(Verbs):
+    # -- slices and progress -------------------------------------------------
+
+    async def list_slices(self, batch_id: str) -> list[Slice]:
+        rows = await self._fetch(
+            f"SELECT {_SLICE_COLUMNS} FROM slices WHERE batch_id=$1 ORDER BY no", batch_id)
+        return [_slice(r) for r in rows]
+
+    async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
+        # One entry per slice, as if the list were applied in order: counts add up, the
+        # last length and ``done`` stand.
+        merged: dict[int, list[int]] = {}
+        for p in progress:
+            m = merged.setdefault(p.no, [0, 0, 0, 0])
+            m[0] = p.committed_bytes
+            m[1] += p.completed
+            m[2] += p.failed
+            m[3] = int(p.done)
+        usage = sum((p.usage for p in progress), NO_USAGE)
+        # Token sums saturate at MAX_TOKENS (far inside BIGINT): what an upstream reports
+        # can never make this statement fail and wedge the batch.
+        add = [_tokens(n) for n in (usage.input_tokens, usage.output_tokens,
+                                     usage.cached_tokens, usage.reasoning_tokens)]
+        if any(p.token is not None for p in progress):
+            await self._record_fenced(batch_id, progress, merged, add)
+            return
+        await self._fetchrow(
+            "WITH p AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[],"
+            "  $5::bigint[], $6::bool[]) AS p (no, committed_bytes, completed, failed, done)),"
+            " s AS (UPDATE slices SET committed_bytes = p.committed_bytes,"
+            "  completed = slices.completed + p.completed, failed = slices.failed + p.failed,"
+            "  done = p.done FROM p WHERE slices.batch_id = $1 AND slices.no = p.no)"
+            f" UPDATE batches SET completed = completed + $7, failed = failed + $8,"
+            f" updated_at = {_NOW},"
+            " input_tokens = LEAST(input_tokens + $9, $13),"
+            " output_tokens = LEAST(output_tokens + $10, $13),"
+            " cached_tokens = LEAST(cached_tokens + $11, $13),"
+            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13) WHERE id = $1",
+            batch_id, list(merged), [m[0] for m in merged.values()],
+            [m[1] for m in merged.values()], [m[2] for m in merged.values()],
+            [bool(m[3]) for m in merged.values()],
+            sum(p.completed for p in progress), sum(p.failed for p in progress),
+            *add, MAX_TOKENS, read=False,
+        )
+
+    async def _record_fenced(
+        self, batch_id: str, progress: Sequence[SliceProgress], merged: dict[int, list[int]],
+        add: list[int],
+    ) -> None:
+        """``record_progress`` under lease tokens, in one statement: ``held`` locks the
+        slices whose token is still current; only when that is every slice given a token
+        (``ok``) do the slices and the batch change. A claimer that took a slice over
+        first has changed its token, which the lock's re-check sees; one that comes
+        after waits for this statement's commit."""
+        tokens: dict[int, int] = {}
+        for p in progress:
+            if p.token is not None and tokens.setdefault(p.no, p.token) != p.token:
+                raise Fenced(f"Slice {p.no} of batch {batch_id}: two tokens in one flush.",
+                             param="token")
+        row = await self._fetchrow(
+            "WITH p AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[],"
+            "  $5::bigint[], $6::bool[], $14::bigint[])"
+            "  AS p (no, committed_bytes, completed, failed, done, token)),"
+            " held AS (SELECT slices.no FROM slices JOIN p ON slices.no = p.no"
+            "  WHERE slices.batch_id = $1 AND slices.lease_token = p.token"
+            "  FOR UPDATE OF slices),"
+            " ok AS (SELECT count(*) = $15 AS ok FROM held),"
+            " s AS (UPDATE slices SET committed_bytes = p.committed_bytes,"
+            "  completed = slices.completed + p.completed, failed = slices.failed + p.failed,"
+            "  done = p.done FROM p, ok WHERE ok.ok AND slices.batch_id = $1"
+            "  AND slices.no = p.no"
+            "  AND (p.token IS NULL OR slices.lease_token = p.token)),"
+            " b AS (UPDATE batches SET completed = completed + $7, failed = failed + $8,"
+            f" updated_at = {_NOW},"
+            " input_tokens = LEAST(input_tokens + $9, $13),"
+            " output_tokens = LEAST(output_tokens + $10, $13),"
+            " cached_tokens = LEAST(cached_tokens + $11, $13),"
+            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13)"
+            " WHERE id = $1 AND (SELECT ok FROM ok))"
+            " SELECT ok FROM ok",
+            batch_id, list(merged), [m[0] for m in merged.values()],
+            [m[1] for m in merged.values()], [m[2] for m in merged.values()],
+            [bool(m[3]) for m in merged.values()],
+            sum(p.completed for p in progress), sum(p.failed for p in progress),
+            *add, MAX_TOKENS, [tokens.get(no) for no in merged], len(tokens), read=False,
+        )
+        if not row["ok"]:
+            raise Fenced(f"Batch {batch_id}: a lease given is no longer held under its"
+                         " token; nothing was recorded.", param="token")
+
+    async def finish(
+        self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
+        fin_token: int | None = None, **fields: Any,
+    ) -> BatchRecord:
+        move = _Move([to], None, fields, fin_token=fin_token)
+        if not files:
+            return await self._transition(batch_id, move)
+        n = len(move.args)
+        casts = ("text", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint")
+        arrays = ", ".join(f"${n + i + 1}::{t}[]" for i, t in enumerate(casts))
+        # A file of that id is replaced, and moves to the end of its list (SQLite's
+        # INSERT OR REPLACE gives the new row a new seq too).
+        return await self._transition(
+            batch_id, move,
+            f"published AS (INSERT INTO files ({_FILE_COLUMNS}) SELECT * FROM unnest({arrays})"
+            " WHERE EXISTS (SELECT 1 FROM moved) ON CONFLICT (id) DO UPDATE SET"
+            " seq = DEFAULT, account = excluded.account, filename = excluded.filename,"
+            " purpose = excluded.purpose, bytes = excluded.bytes, sha256 = excluded.sha256,"
+            " created_at = excluded.created_at, expires_at = excluded.expires_at,"
+            " lines = excluded.lines)",
+            extra_args=_file_arrays(files),
+        )
+
+    # -- leases ---------------------------------------------------------------
+
+    async def claim_slices(
+        self, node: str, *, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        _positive("lease_seconds", lease_seconds)
+        if limit <= 0:
+            return []
+        # SKIP LOCKED: a slice another claimer is taking right now is passed over, not
+        # waited for; one taken over since this statement's snapshot fails the re-check
+        # of its row (its lease is no longer free) and is left out.
+        rows = await self._fetch(
+            "WITH free AS (SELECT s.batch_id, s.no, b.seq FROM slices AS s"
+            "  JOIN batches AS b ON b.id = s.batch_id"
+            "  WHERE b.status = 'processing' AND NOT s.done"
+            f"  AND (s.lease_expires IS NULL OR s.lease_expires <= {_NOW})"
+            "  ORDER BY b.seq, s.no LIMIT $2 FOR UPDATE OF s SKIP LOCKED)"
+            " UPDATE slices AS s SET lease_token = nextval('lease_tokens'), lease_owner = $1,"
+            f" lease_expires = {_NOW} + $3"
+            " FROM free WHERE s.batch_id = free.batch_id AND s.no = free.no"
+            f" RETURNING free.seq AS batch_seq, {_S_LEASE_COLUMNS}",
+            node, limit, float(lease_seconds), read=False,
+        )
+        rows.sort(key=lambda r: (r["batch_seq"], r["no"]))
+        return [_lease(r) for r in rows]
+
+    async def renew_leases(
+        self, leases: Sequence[Lease], *, lease_seconds: float
+    ) -> list[Lease]:
+        _positive("lease_seconds", lease_seconds)
+        if not leases:
+            return []
+        rows = await self._fetch(
+            f"UPDATE slices AS s SET lease_expires = {_NOW} + $4"
+            " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS l (batch_id, no, token)"
+            " WHERE s.batch_id = l.batch_id AND s.no = l.no AND s.lease_token = l.token"
+            f" RETURNING {_S_LEASE_COLUMNS}",
+            *_lease_arrays(leases), float(lease_seconds), read=False,
+        )
+        order = {(x.batch_id, x.slice_no): i for i, x in enumerate(leases)}
+        rows.sort(key=lambda r: order[(r["batch_id"], r["no"])])
+        return [_lease(r) for r in rows]
+
+    async def release_leases(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        await self._fetch(
+            "UPDATE slices AS s SET lease_token = NULL, lease_owner = NULL,"
+            " lease_expires = NULL"
+            " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS l (batch_id, no, token)"
+            " WHERE s.batch_id = l.batch_id AND s.no = l.no AND s.lease_token = l.token",
+            *_lease_arrays(leases), read=False,
+        )
+
+    async def claim_finalize(
+        self, batch_id: str, node: str, *, lease_seconds: float
+    ) -> int | None:
+        _positive("lease_seconds", lease_seconds)
+        row = await self._fetchrow(
+            "UPDATE batches SET fin_token = nextval('lease_tokens'), fin_owner = $2,"
+            f" fin_expires = {_NOW} + $3"
+            " WHERE id = $1 AND status = ANY($4::text[])"
+            f" AND (fin_expires IS NULL OR fin_expires <= {_NOW})"
+            " RETURNING fin_token",
+            batch_id, node, float(lease_seconds), sorted(FINALIZING), read=False,
+        )
+        return None if row is None else int(row["fin_token"])
+
+    # -- nodes ----------------------------------------------------------------
+
+    async def heartbeat(self, node: str, *, ttl: float) -> int:
+        _positive("ttl", ttl)
+        # The final SELECT sees the table as it was before this statement: the other
+        # nodes still alive, plus this one.
+        row = await self._fetchrow(
+            "WITH gone AS (DELETE FROM nodes WHERE node IN (SELECT node FROM nodes"
+            f"  WHERE expires_at <= {_NOW} AND node <> $1 FOR UPDATE SKIP LOCKED)),"
+            " me AS (INSERT INTO nodes (node, started_at, expires_at)"
+            f"  VALUES ($1, {_NOW}, {_NOW} + $2)"
+            "  ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at,"
+            "  started_at = CASE WHEN nodes.expires_at <= excluded.started_at"
+            "   THEN excluded.started_at ELSE nodes.started_at END)"
+            f" SELECT 1 + count(*) AS live FROM nodes WHERE expires_at > {_NOW}"
+            " AND node <> $1",
+            node, float(ttl), read=False,
+        )
+        return int(row["live"])
+
+    async def leave(self, node: str) -> None:
+        await self._fetchrow("DELETE FROM nodes WHERE node = $1", node, read=False)

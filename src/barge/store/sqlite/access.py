@@ -1,0 +1,100 @@
+"""The SQLite verbs on access: API keys and roles."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import orjson
+
+from barge.domain.models import KeyRecord, Principal
+from barge.domain.permissions import Role, make_role
+from barge.exceptions import Conflict, NotFound
+from barge.store.sqlite.base import Verbs
+
+
+class AccessVerbs(Verbs):
+    # -- keys -----------------------------------------------------------------
+
+    async def create_key(self, key: KeyRecord, key_hash: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO api_keys (id, name, account, role, key_hash, created_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (key.id, key.name, key.account, key.role, key_hash, key.created_at),
+            )
+
+        await self._run(q)
+
+    async def principal_for(self, key_hash: str) -> Principal | None:
+        def q(db: sqlite3.Connection) -> Principal | None:
+            row = db.execute(
+                "SELECT id, account, role FROM api_keys WHERE key_hash=? AND revoked_at IS NULL",
+                (key_hash,),
+            ).fetchone()
+            return None if row is None else Principal(row["account"], row["id"], row["role"])
+
+        return await self._read(q)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        def q(db: sqlite3.Connection) -> list[KeyRecord]:
+            rows = db.execute(
+                "SELECT id, name, account, role, created_at, revoked_at FROM api_keys"
+                " ORDER BY created_at, id"
+            ).fetchall()
+            return [KeyRecord(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
+
+        return await self._read(q)
+
+    async def revoke_key(self, key_id: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            cur = db.execute(
+                "UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                (int(time.time()), key_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"No such live key: {key_id}", param="key_id")
+
+        await self._run(q)
+
+    # -- roles ----------------------------------------------------------------
+
+    async def create_role(self, account: str, role: Role) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
+                    "INSERT INTO roles (account, name, actions, operations, created_at)"
+                    " VALUES (?,?,?,?,?)",
+                    (account, role.name, orjson.dumps(sorted(role.actions)).decode(),
+                     orjson.dumps(sorted(role.operations)).decode(), int(time.time())),
+                )
+            except sqlite3.IntegrityError as e:
+                raise Conflict(f"A role named {role.name!r} exists.", param="name") from e
+
+        await self._run(q)
+
+    async def get_role(self, account: str, name: str) -> Role | None:
+        def q(db: sqlite3.Connection) -> Role | None:
+            row = db.execute(
+                "SELECT name, actions, operations FROM roles WHERE account=? AND name=?",
+                (account, name),
+            ).fetchone()
+            return None if row is None else _role(row)
+
+        return await self._read(q)
+
+    async def list_roles(self, account: str | None) -> list[tuple[str, Role]]:
+        def q(db: sqlite3.Connection) -> list[tuple[str, Role]]:
+            if account is None:
+                rows = db.execute("SELECT account, name, actions, operations FROM roles"
+                                  " ORDER BY account, name")
+            else:
+                rows = db.execute("SELECT account, name, actions, operations FROM roles"
+                                  " WHERE account=? ORDER BY name", (account,))
+            return [(r["account"], _role(r)) for r in rows.fetchall()]
+
+        return await self._read(q)
+
+
+def _role(row: sqlite3.Row) -> Role:
+    return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))
