@@ -1,115 +1,39 @@
-"""The columns the PostgreSQL verbs read, SQL for the database's clock, rows as
-records, and parameters kept in range."""
+"""The PostgreSQL verbs' view of rows: what both stores share (``barge.store.rows``),
+the columns ``transition``/``finish`` may set with their types, and SQL for the
+database's clock."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
-
-from barge.domain.models import BatchRecord, FileRecord, LineError, Slice
-from barge.domain.status import TERMINAL, Status
-from barge.domain.usage import MAX_TOKENS, Usage
-from barge.store.protocol import Lease
-
-_BATCH_COLUMNS = (
-    "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
-    " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
-    " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
-    " cancelling_at, cancelled_at, output_expiry_seconds, hash, input_tokens, output_tokens,"
-    " cached_tokens, reasoning_tokens, created_ms, metadata_json"
+from barge.store.rows import (
+    _BATCH_COLUMNS,
+    _CREATED_MS,
+    _FILE_COLUMNS,
+    _LEASE_COLUMNS,
+    _SLICE_COLUMNS,
+    _UNFINISHED,
+    _batch,
+    _clamp,
+    _file,
+    _lease,
+    _slice,
+    _tokens,
 )
-_FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
-_SLICE_COLUMNS = (
-    "batch_id, no, start_line, n_lines, start_offset, end_offset, committed_bytes, completed,"
-    " failed, done"
-)
-_LEASE_COLUMNS = f"{_SLICE_COLUMNS}, lease_token, lease_owner, lease_expires"
+
+__all__ = [
+    "_BATCH_COLUMNS", "_CREATED_MS", "_FILE_COLUMNS", "_LEASE_COLUMNS", "_NOW", "_NOW_S",
+    "_SETTABLE", "_SLICE_COLUMNS", "_S_LEASE_COLUMNS", "_UNFINISHED", "_batch", "_clamp",
+    "_file", "_lease", "_slice", "_tokens",
+]
+
 _S_LEASE_COLUMNS = ", ".join(f"s.{c}" for c in _LEASE_COLUMNS.split(", "))  # slices AS s
+
 # Columns ``transition``/``finish`` may set besides status and timestamps, with the type
 # each parameter is sent as.
 _SETTABLE = {
     "output_file_id": "text", "error_file_id": "text", "model": "text", "total": "bigint",
     "completed": "bigint", "failed": "bigint", "errors": "jsonb",
 }
-# Unfinished batches: the condition of the partial index ``batches_unfinished``.
-_UNFINISHED = (
-    "status NOT IN ('hash_mismatch', 'validation_failed', 'cancelled', 'expired',"
-    " 'completed', 'deleting')"
-)
-assert set(_UNFINISHED[15:-1].replace("'", "").split(", ")) == {*TERMINAL, Status.DELETING}
 
 # The database's clock: Unix seconds with a fraction (``updated_at``) and whole seconds.
 _NOW = "extract(epoch FROM statement_timestamp())::float8"
 _NOW_S = "floor(extract(epoch FROM statement_timestamp()))::bigint"
-# A batch's creation time in milliseconds (``created_ms`` may be NULL).
-_CREATED_MS = "COALESCE(created_ms, created_at * 1000)"
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _clamp(n: int) -> int:
-    """A bound as a BIGINT parameter: an int beyond int64 means the same as its end."""
-    return min(max(n, _INT64[0]), _INT64[1])
-
-
-def _tokens(n: int) -> int:
-    return min(max(n, 0), MAX_TOKENS)
-
-
-def _batch(row: Any) -> BatchRecord:
-    errors = [LineError(**e) for e in orjson.loads(row["errors"])] if row["errors"] else []
-    metadata_json = row["metadata_json"]
-    return BatchRecord(
-        id=row["id"],
-        account=row["account"],
-        endpoint=row["endpoint"],
-        completion_window=row["completion_window"],
-        input_file_id=row["input_file_id"],
-        status=Status(row["status"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
-        metadata=orjson.loads(row["metadata"]) if row["metadata"] is not None else None,
-        model=row["model"],
-        total=row["total"],
-        completed=row["completed"],
-        failed=row["failed"],
-        errors=errors,
-        output_file_id=row["output_file_id"],
-        error_file_id=row["error_file_id"],
-        in_progress_at=row["in_progress_at"],
-        finalizing_at=row["finalizing_at"],
-        completed_at=row["completed_at"],
-        failed_at=row["failed_at"],
-        expired_at=row["expired_at"],
-        cancelling_at=row["cancelling_at"],
-        cancelled_at=row["cancelled_at"],
-        output_expiry_seconds=row["output_expiry_seconds"],
-        hash=row["hash"],
-        usage=Usage(row["input_tokens"], row["output_tokens"], row["cached_tokens"],
-                    row["reasoning_tokens"]),
-        created_ms=row["created_ms"],
-        metadata_json=None if metadata_json is None else bool(metadata_json),
-    )
-
-
-def _file(row: Any) -> FileRecord:
-    return FileRecord(
-        id=row["id"], account=row["account"], filename=row["filename"],
-        purpose=row["purpose"], bytes=row["bytes"], sha256=row["sha256"],
-        created_at=row["created_at"], expires_at=row["expires_at"], lines=row["lines"],
-    )
-
-
-def _slice(row: Any) -> Slice:
-    return Slice(
-        batch_id=row["batch_id"], no=row["no"], start_line=row["start_line"],
-        n_lines=row["n_lines"], start_offset=row["start_offset"],
-        end_offset=row["end_offset"], committed_bytes=row["committed_bytes"],
-        completed=row["completed"], failed=row["failed"], done=bool(row["done"]),
-    )
-
-
-def _lease(row: Any) -> Lease:
-    return Lease(slice=_slice(row), token=row["lease_token"], node=row["lease_owner"],
-                 expires_at=row["lease_expires"])

@@ -1,0 +1,111 @@
+"""What both stores share about rows: the columns their verbs read, the condition of the
+unfinished-batches index, parameters kept in range, and rows decoded into records. A
+row is anything indexable by column name (``sqlite3.Row``, ``asyncpg.Record``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from barge.domain.models import BatchRecord, FileRecord, LineError, Slice
+from barge.domain.status import TERMINAL, Status
+from barge.domain.usage import MAX_TOKENS, Usage
+from barge.store.protocol import Lease
+
+_BATCH_COLUMNS = (
+    "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
+    " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
+    " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
+    " cancelling_at, cancelled_at, output_expiry_seconds, hash, input_tokens, output_tokens,"
+    " cached_tokens, reasoning_tokens, created_ms, metadata_json"
+)
+_FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
+_SLICE_COLUMNS = (
+    "batch_id, no, start_line, n_lines, start_offset, end_offset, committed_bytes, completed,"
+    " failed, done"
+)
+_LEASE_COLUMNS = f"{_SLICE_COLUMNS}, lease_token, lease_owner, lease_expires"
+
+# Unfinished batches: the condition of the partial index ``batches_unfinished`` of both
+# schemas, spelled as there so that the planner uses the index.
+_UNFINISHED = (
+    "status NOT IN ('hash_mismatch', 'validation_failed', 'cancelled', 'expired',"
+    " 'completed', 'deleting')"
+)
+assert set(_UNFINISHED[15:-1].replace("'", "").split(", ")) == {*TERMINAL, Status.DELETING}
+
+# A batch's creation time in milliseconds; batches from before ``created_ms`` existed
+# have only whole seconds.
+_CREATED_MS = "COALESCE(created_ms, created_at * 1000)"
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _clamp(n: int) -> int:
+    """A bound as a 64-bit parameter: an int beyond int64 means the same as its end of
+    the range (no creation time comes near either)."""
+    return min(max(n, _INT64[0]), _INT64[1])
+
+
+def _tokens(n: int) -> int:
+    """A token count as a parameter: within 0..MAX_TOKENS."""
+    return min(max(n, 0), MAX_TOKENS)
+
+
+def _batch(row: Any) -> BatchRecord:
+    errors = [LineError(**e) for e in orjson.loads(row["errors"])] if row["errors"] else []
+    metadata_json = row["metadata_json"]
+    return BatchRecord(
+        id=row["id"],
+        account=row["account"],
+        endpoint=row["endpoint"],
+        completion_window=row["completion_window"],
+        input_file_id=row["input_file_id"],
+        status=Status(row["status"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+        metadata=orjson.loads(row["metadata"]) if row["metadata"] is not None else None,
+        model=row["model"],
+        total=row["total"],
+        completed=row["completed"],
+        failed=row["failed"],
+        errors=errors,
+        output_file_id=row["output_file_id"],
+        error_file_id=row["error_file_id"],
+        in_progress_at=row["in_progress_at"],
+        finalizing_at=row["finalizing_at"],
+        completed_at=row["completed_at"],
+        failed_at=row["failed_at"],
+        expired_at=row["expired_at"],
+        cancelling_at=row["cancelling_at"],
+        cancelled_at=row["cancelled_at"],
+        output_expiry_seconds=row["output_expiry_seconds"],
+        hash=row["hash"],
+        usage=Usage(row["input_tokens"], row["output_tokens"], row["cached_tokens"],
+                    row["reasoning_tokens"]),
+        created_ms=row["created_ms"],
+        metadata_json=None if metadata_json is None else bool(metadata_json),
+    )
+
+
+def _file(row: Any) -> FileRecord:
+    return FileRecord(
+        id=row["id"], account=row["account"], filename=row["filename"],
+        purpose=row["purpose"], bytes=row["bytes"], sha256=row["sha256"],
+        created_at=row["created_at"], expires_at=row["expires_at"], lines=row["lines"],
+    )
+
+
+def _slice(row: Any) -> Slice:
+    return Slice(
+        batch_id=row["batch_id"], no=row["no"], start_line=row["start_line"],
+        n_lines=row["n_lines"], start_offset=row["start_offset"],
+        end_offset=row["end_offset"], committed_bytes=row["committed_bytes"],
+        completed=row["completed"], failed=row["failed"], done=bool(row["done"]),
+    )
+
+
+def _lease(row: Any) -> Lease:
+    return Lease(slice=_slice(row), token=row["lease_token"], node=row["lease_owner"],
+                 expires_at=row["lease_expires"])
