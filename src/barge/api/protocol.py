@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import h11
 import orjson
@@ -84,9 +84,18 @@ def _raw_response(status: int, phrase: str, message: str, code: str,
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-class _Guard:
-    """What the protocol classes below add to uvicorn's, through hooks they call. Listed
-    after uvicorn's class among the bases: uvicorn's methods and attributes come first."""
+if TYPE_CHECKING:
+    class _HTTPProtocol(asyncio.Protocol):
+        """What ``_Guard`` extends of uvicorn's protocol classes (for the type checker)."""
+
+        def on_response_complete(self) -> None: ...
+else:
+    _HTTPProtocol = object
+
+
+class _Guard(_HTTPProtocol):
+    """What the protocol classes below add to uvicorn's. Listed before uvicorn's class
+    among the bases: its hooks wrap uvicorn's methods of the same names (``super()``)."""
 
     limits: ClassVar[Limits]
     # uvicorn's
@@ -191,8 +200,7 @@ class _Guard:
             "bytes.", "headers_too_large", ("x-should-retry: false",),
         )
 
-
-class GuardedH11Protocol(H11Protocol, _Guard):
+    # uvicorn's protocol methods, wrapped
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._guard_made()
@@ -212,6 +220,8 @@ class GuardedH11Protocol(H11Protocol, _Guard):
         super().on_response_complete()
         self._guard_sync()
 
+
+class GuardedH11Protocol(_Guard, H11Protocol):
     def _awaiting_request(self) -> bool:
         return self.conn.their_state is h11.IDLE
 
@@ -231,27 +241,8 @@ def _httptools_protocol() -> type[asyncio.Protocol]:
     """The same on uvicorn's httptools protocol (httptools is optional)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol, _Guard):
+    class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         _in_request = False  # headers complete, body still arriving
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._guard_made()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._forget()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._waiting and self._headers_over_limit(data):
-                self._headers_too_large()
-                return
-            super().data_received(data)
-            self._guard_data()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._guard_sync()
 
         def on_headers_complete(self) -> None:
             self._in_request = True
