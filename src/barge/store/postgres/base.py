@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from barge.domain.models import BatchRecord
 from barge.exceptions import Fenced, NotFound
 from barge.store.postgres.moves import _Move
-from barge.store.postgres.rows import _batch
+from barge.store.rows import _batch
 
 RETRIES = 3  # attempts of a transaction that lost to a deadlock or serialization failure
 

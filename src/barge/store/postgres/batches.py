@@ -13,8 +13,8 @@ from barge.domain.status import CANCELLABLE, Status
 from barge.exceptions import Conflict, NotFound
 from barge.store.postgres.base import Verbs
 from barge.store.postgres.moves import _Move
-from barge.store.postgres.rows import _BATCH_COLUMNS, _CREATED_MS, _UNFINISHED, _batch, _clamp
 from barge.store.protocol import Page
+from barge.store.rows import _BATCH_COLUMNS, _CREATED_MS, _UNFINISHED, _batch, _clamp
 
 
 class BatchVerbs(Verbs):

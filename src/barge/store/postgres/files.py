@@ -6,8 +6,8 @@ from barge.domain.models import FileRecord
 from barge.domain.status import TERMINAL, Status
 from barge.exceptions import Conflict, NotFound
 from barge.store.postgres.base import Verbs
-from barge.store.postgres.rows import _FILE_COLUMNS, _clamp, _file
 from barge.store.protocol import Page
+from barge.store.rows import _FILE_COLUMNS, _clamp, _file
 
 
 class FileVerbs(Verbs):

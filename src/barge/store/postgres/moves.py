@@ -9,7 +9,8 @@ import orjson
 
 from barge.domain.status import STAMPS, Status, can_transition
 from barge.exceptions import Conflict
-from barge.store.postgres.rows import _BATCH_COLUMNS, _NOW, _NOW_S, _SETTABLE
+from barge.store.postgres.rows import _NOW, _NOW_S, _SETTABLE
+from barge.store.rows import _BATCH_COLUMNS
 
 
 class _Move:

@@ -1,29 +1,10 @@
-"""The PostgreSQL verbs' view of rows: what both stores share (``barge.store.rows``),
-the columns ``transition``/``finish`` may set with their types, and SQL for the
-database's clock."""
+"""What the PostgreSQL verbs need of rows beyond what both stores share
+(``barge.store.rows``): the lease columns of ``slices AS s``, the columns
+``transition``/``finish`` may set with their types, and SQL for the database's clock."""
 
 from __future__ import annotations
 
-from barge.store.rows import (
-    _BATCH_COLUMNS,
-    _CREATED_MS,
-    _FILE_COLUMNS,
-    _LEASE_COLUMNS,
-    _SLICE_COLUMNS,
-    _UNFINISHED,
-    _batch,
-    _clamp,
-    _file,
-    _lease,
-    _slice,
-    _tokens,
-)
-
-__all__ = [
-    "_BATCH_COLUMNS", "_CREATED_MS", "_FILE_COLUMNS", "_LEASE_COLUMNS", "_NOW", "_NOW_S",
-    "_SETTABLE", "_SLICE_COLUMNS", "_S_LEASE_COLUMNS", "_UNFINISHED", "_batch", "_clamp",
-    "_file", "_lease", "_slice", "_tokens",
-]
+from barge.store.rows import _LEASE_COLUMNS
 
 _S_LEASE_COLUMNS = ", ".join(f"s.{c}" for c in _LEASE_COLUMNS.split(", "))  # slices AS s
 

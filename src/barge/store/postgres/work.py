@@ -12,16 +12,9 @@ from barge.domain.usage import MAX_TOKENS, NO_USAGE
 from barge.exceptions import Fenced
 from barge.store.postgres.base import Verbs
 from barge.store.postgres.moves import _Move
-from barge.store.postgres.rows import (
-    _FILE_COLUMNS,
-    _NOW,
-    _S_LEASE_COLUMNS,
-    _SLICE_COLUMNS,
-    _lease,
-    _slice,
-    _tokens,
-)
+from barge.store.postgres.rows import _NOW, _S_LEASE_COLUMNS
 from barge.store.protocol import FINALIZING, Lease, SliceProgress
+from barge.store.rows import _FILE_COLUMNS, _SLICE_COLUMNS, _lease, _slice, _tokens
 
 
 def _positive(name: str, value: float) -> None:

@@ -7,9 +7,9 @@ by domain: ``files``, ``batches``, ``work`` (slices, progress, leases, finalisat
 nodes) and ``access`` (keys and roles).
 """
 
+from barge.store.rows import _BATCH_COLUMNS as _BATCH_COLUMNS
+from barge.store.rows import _UNFINISHED as _UNFINISHED
 from barge.store.sqlite.migrations import migrations, split_statements
-from barge.store.sqlite.rows import _BATCH_COLUMNS as _BATCH_COLUMNS
-from barge.store.sqlite.rows import _UNFINISHED as _UNFINISHED
 from barge.store.sqlite.store import MAX_GROUP, SQLiteStore
 
 __all__ = ["MAX_GROUP", "SQLiteStore", "migrations", "split_statements"]

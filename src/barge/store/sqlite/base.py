@@ -13,7 +13,8 @@ import orjson
 from barge.domain.models import BatchRecord
 from barge.domain.status import STAMPS, Status, can_transition
 from barge.exceptions import Conflict, NotFound
-from barge.store.sqlite.rows import _BATCH_COLUMNS, _SETTABLE, _batch
+from barge.store.rows import _BATCH_COLUMNS, _batch
+from barge.store.sqlite.rows import _SETTABLE
 
 R = TypeVar("R")
 

@@ -12,8 +12,8 @@ from barge.domain.models import BatchRecord, LineError, Slice
 from barge.domain.status import CANCELLABLE, Status
 from barge.exceptions import Conflict, NotFound
 from barge.store.protocol import Page
+from barge.store.rows import _BATCH_COLUMNS, _CREATED_MS, _UNFINISHED, _batch, _clamp
 from barge.store.sqlite.base import Verbs, _position
-from barge.store.sqlite.rows import _BATCH_COLUMNS, _CREATED_MS, _UNFINISHED, _batch, _clamp
 
 
 class BatchVerbs(Verbs):

@@ -8,8 +8,8 @@ from barge.domain.models import FileRecord
 from barge.domain.status import TERMINAL, Status
 from barge.exceptions import Conflict, NotFound
 from barge.store.protocol import Page
+from barge.store.rows import _FILE_COLUMNS, _file
 from barge.store.sqlite.base import Verbs, _position
-from barge.store.sqlite.rows import _FILE_COLUMNS, _file
 
 
 class FileVerbs(Verbs):

@@ -13,15 +13,8 @@ from barge.domain.status import Status
 from barge.domain.usage import MAX_TOKENS, NO_USAGE
 from barge.exceptions import Fenced
 from barge.store.protocol import FINALIZING, Lease, SliceProgress
+from barge.store.rows import _FILE_COLUMNS, _LEASE_COLUMNS, _SLICE_COLUMNS, _lease, _slice, _tokens
 from barge.store.sqlite.base import Verbs
-from barge.store.sqlite.rows import (
-    _FILE_COLUMNS,
-    _LEASE_COLUMNS,
-    _SLICE_COLUMNS,
-    _lease,
-    _slice,
-    _tokens,
-)
 
 
 def _positive(name: str, value: float) -> None:
