@@ -31,7 +31,8 @@ def clean_env() -> dict[str, str]:
 
 
 class BargeProcess:
-    """``barge serve`` on a free loopback port; restartable on the same data dir."""
+    """``barge serve`` (or ``command``, such as ``worker``) on a free loopback port;
+    restartable on the same data dir."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class BargeProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         preexec: Callable[[], None] | None = None,
+        command: str = "serve",
     ) -> None:
         self.data_dir = data_dir
         self.upstream = upstream
@@ -49,6 +51,7 @@ class BargeProcess:
         self.port = free_port()
         self.log_path = log_path or data_dir.parent / f"barge-{self.port}.log"
         self.preexec = preexec
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,7 +64,7 @@ class BargeProcess:
     def start(self, timeout: float = 30.0) -> BargeProcess:
         env = clean_env() | {"BARGE_ADMIN_KEY": ADMIN_KEY} | self.extra_env
         cmd = [
-            sys.executable, "-m", "barge.cli", "serve",
+            sys.executable, "-m", "barge.cli", self.command,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--data-dir", str(self.data_dir), "--upstream", self.upstream,
             "--log-level", "warning", *self.args,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from barge_process import BargeProcess
+from moto_s3 import MotoS3
 from upstream import UpstreamConfig, UpstreamServer
 
 # The app's settings are cleared; BARGE_TEST_* configure the tests themselves (such as
@@ -44,3 +45,15 @@ def barge(barge_factory: Callable[..., BargeProcess], upstream: UpstreamServer) 
     """A running barge in front of the default upstream, with fast retries."""
     return barge_factory(upstream.base_url, "--backoff-base", "0.01",
                          "--completion-windows", "24h,2s")
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """One S3-protocol server (moto_server) on loopback for the whole session; each test
+    keeps to a prefix of its own in its one bucket."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    server = MotoS3().start()
+    try:
+        yield server
+    finally:
+        server.stop()

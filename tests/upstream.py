@@ -191,7 +191,20 @@ class UpstreamServer:
     def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post("/v1/{endpoint:.+}", self._handle)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_post("/stats/reset", self._reset_stats)
         return app
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        """What a benchmark in another process reads: counts and peak concurrency."""
+        st = self.stats
+        return web.json_response({"total": st.total, "in_flight": st.in_flight,
+                                  "max_in_flight": st.max_in_flight,
+                                  "by_status": {str(k): v for k, v in st.by_status.items()}})
+
+    async def _reset_stats(self, _: web.Request) -> web.Response:
+        self.stats.reset()
+        return web.json_response({})
 
     @property
     def base_url(self) -> str:

@@ -3,9 +3,12 @@ engine, and closes them in reverse. The web app's lifespan owns one."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
+import secrets
+import socket
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -13,12 +16,15 @@ from typing import TextIO
 
 from barge.api.auth import Authenticator
 from barge.blobs.local import LocalBlobs
+from barge.blobs.protocol import Blobs
 from barge.engine.dispatch import Dispatcher, RetryPolicy
 from barge.engine.limiter import AdaptiveLimiter
 from barge.engine.runner import Engine
-from barge.exceptions import BargeError
+from barge.exceptions import BargeError, BlobsUnavailable, StoreUnavailable
 from barge.settings import Settings
 from barge.signing_key import load_signing_secret
+from barge.startup import check_shared
+from barge.store.protocol import Store
 from barge.store.sqlite import SQLiteStore
 from barge.upstreams.health import UpstreamHealth, UpstreamProbe, WatchedUpstreamClient
 
@@ -26,6 +32,8 @@ log = logging.getLogger("barge")
 
 
 LOCK_FILE = "engine.lock"
+SIGNING_SECRET_NAME = "signing"  # the shared secret that signs links, in shared mode
+DATABASE_RETRY_SECONDS = 3.0  # between tries to reach a PostgreSQL that does not answer
 PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
 _claimed: dict[Path, TextIO] = {}  # locks taken before their App was made, by data dir
 
@@ -104,12 +112,87 @@ def make_private(root: Path) -> None:
             log.warning("could not make %s private: %s", path, e.strerror or e)
 
 
+def node_name(settings: Settings) -> str:
+    """This node's name among those sharing the database: ``--node-name``, else
+    ``hostname-pid-<4 random hex>``, unique even when a pid is reused."""
+    if settings.node_name:
+        return settings.node_name
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def make_store(settings: Settings) -> Store:
+    """The shared PostgreSQL database with ``--database-url``, else the data directory's
+    SQLite file."""
+    if settings.database_url is not None:
+        from barge.store.postgres import PostgresStore
+
+        # While the database is down, the pool retries its idle connection in the
+        # background and would log a traceback each time; the engine already says, once
+        # every few seconds, that it waits.
+        logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+        return PostgresStore(settings.database_url, schema=settings.database_schema)
+    return SQLiteStore(settings.db_path)
+
+
+def make_blobs(settings: Settings) -> Blobs:
+    """The S3 bucket with ``--blob-url`` (node-local spool and cache in the data
+    directory), else the data directory's files."""
+    if settings.blob_url is not None:
+        from barge.blobs.s3 import S3Blobs
+
+        return S3Blobs.from_url(settings.blob_url, tmp=settings.tmp_dir,
+                                cache=settings.data_dir / "cache")
+    return LocalBlobs(settings.files_dir, settings.tmp_dir)
+
+
+def _unreachable(e: BaseException | None) -> bool:
+    """Whether a failure to open PostgreSQL is one that waiting may cure (refused, timed
+    out, reset, starting up, too many connections), not a refusal of who we are (wrong
+    password, no such database or role)."""
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+    return isinstance(e, OSError | asyncpg.PostgresConnectionError
+                      | asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError)
+
+
+async def open_store(store: Store, *, retry_every: float = DATABASE_RETRY_SECONDS) -> None:
+    """Open ``store``. A PostgreSQL that cannot be reached yet is waited for, saying so
+    in the log at each try (a node started before its database does not crash-loop);
+    one that refuses Barge (credentials, database) is a StoreUnavailable at once, whose
+    message is the whole story."""
+    where = getattr(store, "where", None)
+    if where is None:  # not PostgreSQL
+        await store.open()
+        return
+    while True:
+        try:
+            await store.open()
+            return
+        except StoreUnavailable as e:
+            if not _unreachable(e.__cause__):
+                raise StoreUnavailable(e.message) from None
+            reason = e.message.partition(f"{where}: ")[2] or e.message
+            log.warning("waiting for PostgreSQL at %s: %s", where, reason)
+        await asyncio.sleep(retry_every)
+
+
+async def open_blobs(blobs: Blobs) -> None:
+    """Open ``blobs`` (for S3, a check that the bucket is there and may be written);
+    a failure is one line saying what is wrong."""
+    try:
+        await blobs.open()
+    except BlobsUnavailable as e:
+        raise BlobsUnavailable(e.message) from None
+
+
 class App:
     def __init__(self, settings: Settings) -> None:
+        check_shared(settings)
         self.settings = settings
         prepare_data_dir(settings.data_dir)
-        self.store = SQLiteStore(settings.db_path)
-        self.blobs = LocalBlobs(settings.files_dir, settings.tmp_dir)
+        self.node = node_name(settings)
+        self.store = make_store(settings)
+        self.blobs = make_blobs(settings)
         self.upstream_health = UpstreamHealth(settings.upstream)
         self.client = WatchedUpstreamClient(
             self.upstream_health,
@@ -125,27 +208,56 @@ class App:
             AdaptiveLimiter(settings.upstream_concurrency),
         )
         self.engine = (
-            Engine(self.store, self.blobs, self.dispatcher, settings) if settings.engine else None
+            Engine(self.store, self.blobs, self.dispatcher, settings,
+                   node=self.node if settings.shared else None)
+            if settings.engine else None
         )
         self.auth = Authenticator(self.store, settings.admin_key)
-        self.signing_secret = load_signing_secret(settings.data_dir, settings.signing_secret)
+        # Shared and not configured: the database's, read at start (see signing_secret).
+        self._signing_secret: str | None = None
+        if not settings.shared or settings.signing_secret is not None:
+            self._signing_secret = load_signing_secret(settings.data_dir,
+                                                       settings.signing_secret)
         self._lock: TextIO | None = None
         self._probe = UpstreamProbe(self.upstream_health, settings.upstream,
                                     settings.upstream_api_key, settings.upstream_probe_interval)
 
+    @property
+    def signing_secret(self) -> str:
+        """The secret that signs download links: ``--signing-secret``; else, with a shared
+        database, the one stored there (the first node to start makes it, so every node
+        signs alike); else the data directory's ``signing.key``."""
+        if self._signing_secret is None:
+            raise RuntimeError("the shared signing secret is read when the App starts")
+        return self._signing_secret
+
     async def __aenter__(self) -> App:
         if self.engine is not None:
             self._lock = hold_engine_lock(self.settings.data_dir)
-        await self.store.open()
-        await self.blobs.open()
+        try:
+            await open_store(self.store)
+            if self._signing_secret is None:
+                self._signing_secret = await self.store.shared_secret(
+                    SIGNING_SECRET_NAME, secrets.token_hex(32))
+            await open_blobs(self.blobs)
+        except BaseException:
+            await self.store.close()
+            self._release_lock()
+            raise
         await self.client.open()
         self._probe.start()
         if self.engine is not None:
             await self.engine.start()
         s = self.settings
         host = f"[{s.host}]" if ":" in s.host else s.host
-        log.info("serving on http://%s:%d/v1 (data in %s), upstream %s", host, s.port,
-                 s.data_dir, s.upstream)
+        if s.shared:
+            log.info("node %s on http://%s:%d (engine %s), database %s, blobs %s, "
+                     "upstream %s", self.node, host, s.port, "on" if self.engine else "off",
+                     getattr(self.store, "where", "?"), getattr(self.blobs, "url", "?"),
+                     s.upstream)
+        else:
+            log.info("serving on http://%s:%d/v1 (data in %s), upstream %s", host, s.port,
+                     s.data_dir, s.upstream)
         return self
 
     async def __aexit__(
@@ -159,6 +271,9 @@ class App:
         await self._probe.stop()
         await self.client.close()
         await self.store.close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None

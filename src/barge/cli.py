@@ -1,11 +1,14 @@
-"""``barge``: serve, keys, db, demo. Every flag can also come from a ``BARGE_*`` variable."""
+"""``barge``: serve, worker, keys, db, demo. Every flag can also come from a ``BARGE_*``
+variable."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +18,7 @@ import click
 from barge.exceptions import BargeError
 from barge.keys import create_key
 from barge.settings import DEFAULT_ENDPOINTS, Settings
+from barge.store.protocol import Store
 from barge.store.sqlite import SQLiteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -135,6 +139,41 @@ def server_options(f: F) -> F:
     return f
 
 
+def shared_options(f: F) -> F:
+    """Where many nodes keep what they share: the database and the blob store."""
+    d = Settings()
+    options = [
+        click.option("--database-url", default=None, envvar="BARGE_DATABASE_URL",
+                     show_envvar=True,
+                     help="Keep state in this shared PostgreSQL database "
+                          "(postgresql://user:password@host:port/name) instead of "
+                          "DATA_DIR/barge.db; needs --blob-url."),
+        click.option("--database-schema", default=None, envvar="BARGE_DATABASE_SCHEMA",
+                     show_envvar=True,
+                     help="Keep Barge's tables in this PostgreSQL schema (made if missing)."),
+        click.option("--blob-url", default=None, envvar="BARGE_BLOB_URL", show_envvar=True,
+                     help="Keep file bytes in this S3 bucket (s3://bucket/prefix; endpoint "
+                          "and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                          "AWS_SECRET_ACCESS_KEY, AWS_REGION); needs --database-url."),
+        click.option("--lease-seconds", type=click.FloatRange(0.0, min_open=True),
+                     default=d.lease_seconds, show_default=True,
+                     envvar="BARGE_LEASE_SECONDS", show_envvar=True,
+                     help="Seconds a node's claim on work lasts unless renewed; the work "
+                          "of a node gone silent this long passes to another."),
+        click.option("--slice-lines", type=click.IntRange(1, 1_000_000),
+                     default=d.slice_lines, show_default=True, envvar="BARGE_SLICE_LINES",
+                     show_envvar=True,
+                     help="Input lines per unit of work: what one node claims at a time, "
+                          "and resumes from after a crash."),
+        click.option("--node-name", default=None, envvar="BARGE_NODE_NAME", show_envvar=True,
+                     help="This node's name among those sharing the database (default: "
+                          "hostname-pid-<4 random hex>)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
     return Settings(
         data_dir=options["data_dir"],
@@ -164,12 +203,51 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         max_connections=options["max_connections"],
         header_timeout=options["header_timeout"],
         keep_alive_timeout=options["keep_alive_timeout"],
+        engine=not options.get("no_engine", False),
+        database_url=options["database_url"] or None,
+        database_schema=options["database_schema"] or None,
+        blob_url=options["blob_url"] or None,
+        lease_seconds=options["lease_seconds"],
+        slice_lines=options["slice_lines"],
+        node_name=options["node_name"] or None,
     )
 
 
-def _run_with_store(data_dir: Path, work: Callable[[SQLiteStore], Awaitable[R]]) -> R:
-    async def main() -> R:
+def key_store_options(f: F) -> F:
+    """Which store ``barge keys`` works on: the data directory's SQLite file, or a
+    cluster's shared PostgreSQL database."""
+    options = [
+        data_dir_option,
+        click.option("--database-url", default=None, envvar="BARGE_DATABASE_URL",
+                     show_envvar=True,
+                     help="Work on the keys of this shared PostgreSQL database "
+                          "(postgresql://user:password@host:port/name), the one the "
+                          "cluster's nodes run with, instead of DATA_DIR/barge.db."),
+        click.option("--database-schema", default=None, envvar="BARGE_DATABASE_SCHEMA",
+                     show_envvar=True,
+                     help="The PostgreSQL schema the cluster keeps Barge's tables in."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _run_with_store(data_dir: Path, database_url: str | None, database_schema: str | None,
+                    work: Callable[[Store], Awaitable[R]]) -> R:
+    """Run ``work`` on the store ``key_store_options`` name: PostgreSQL with a database
+    URL (brought up to date, like ``barge db upgrade``), else the data directory's
+    SQLite file. A database that does not answer ends the command at once."""
+    store: Store
+    if database_url:
+        from barge.startup import check_database_url
+        from barge.store.postgres import PostgresStore
+
+        check_database_url(database_url)
+        store = PostgresStore(database_url, schema=database_schema or None, max_size=1)
+    else:
         store = SQLiteStore(data_dir / "barge.db")
+
+    async def main() -> R:
         await store.open()
         try:
             return await work(store)
@@ -207,45 +285,130 @@ def main() -> None:
 
 @cli.command()
 @server_options
+@shared_options
+@click.option("--no-engine", is_flag=True, envvar="BARGE_NO_ENGINE", show_envvar=True,
+              help="Answer the API only; the batches run on other nodes (barge worker, or "
+                   "barge serve without this flag) sharing --database-url.")
 @click.option("--admin-key", default=None, envvar="BARGE_ADMIN_KEY", show_envvar=True,
               help="A key with every permission (never stored).")
 def serve(admin_key: str | None, **options: Any) -> None:
     """Run the API server and the batch engine."""
-    from barge.app import claim_engine_lock, prepare_data_dir
     from barge.runserver import run
-    from barge.signing_key import load_signing_secret
-    from barge.startup import check_settings, listen_socket
 
     _setup_logging(options["log_level"])
     settings = settings_from(options, admin_key)
-    # Everything that can stop the start is checked before anything starts, each ending
-    # the command with one clear line (a BargeError) rather than a traceback.
-    check_settings(settings)
-    prepare_data_dir(settings.data_dir)
-    claim_engine_lock(settings.data_dir)
-    load_signing_secret(settings.data_dir, settings.signing_secret)
-    sock = listen_socket(settings.host, settings.port)
-    _ensure_first_key(settings.data_dir, make=admin_key is None)
+    sock = _checked_start(settings, first_key=admin_key is None)
     run(settings, log_level=options["log_level"], sock=sock)
 
 
-def _ensure_first_key(data_dir: Path, *, make: bool = True) -> None:
-    """Open the store (bringing its schema up to date) and, with no admin key and no
-    stored key (``make``), make one admin key and print it once."""
+@cli.command()
+@server_options
+@shared_options
+def worker(**options: Any) -> None:
+    """Run the batch engine only, on the shared database and blob store; GET /healthz
+    answers on --host/--port."""
+    from barge.runserver import run
+    from barge.worker import create_worker_app
 
-    async def work(store: SQLiteStore) -> str | None:
-        if not make or await store.list_keys():
-            return None
-        _, secret = await create_key(store, name="first-admin", role="admin", account="default")
-        return secret
+    _setup_logging(options["log_level"])
+    settings = settings_from(options, None)
+    if not settings.shared:
+        raise BargeError(
+            "barge worker needs --database-url / BARGE_DATABASE_URL and --blob-url / "
+            "BARGE_BLOB_URL: a worker runs the engine on the shared database and blob store."
+        )
+    sock = _checked_start(settings, first_key=False)
+    run(settings, log_level=options["log_level"], sock=sock, web=create_worker_app(settings))
 
-    secret = _run_with_store(data_dir, work)
-    if secret is not None:
+
+def _checked_start(settings: Settings, *, first_key: bool) -> socket.socket:
+    """Everything that can stop the start is checked before anything starts, each ending
+    the command with one clear line (a BargeError) rather than a traceback; returns the
+    socket to serve on. ``first_key``: make an admin key when there is none."""
+    from barge.app import claim_engine_lock, prepare_data_dir
+    from barge.signing_key import load_signing_secret
+    from barge.startup import check_settings, listen_socket
+
+    check_settings(settings)
+    prepare_data_dir(settings.data_dir)
+    if settings.engine:
+        claim_engine_lock(settings.data_dir)
+    if not settings.shared or settings.signing_secret is not None:
+        load_signing_secret(settings.data_dir, settings.signing_secret)
+    sock = listen_socket(settings.host, settings.port)
+    try:
+        _ensure_first_key(settings, make=first_key)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# The ``use_once`` key that the node making the first admin key holds, and for how many
+# seconds: nodes starting at once on an empty database make one key between them. Should
+# its holder die before making it, a node starting some minutes later makes one.
+FIRST_KEY = "first-admin-key"
+FIRST_KEY_CLAIM_SECONDS = 60
+FIRST_KEY_WAIT = 10.0  # seconds a node that lost the claim waits to see the key
+
+
+def _ensure_first_key(settings: Settings, *, make: bool = True) -> None:
+    """Open the store (bringing its schema up to date; a shared database that does not
+    answer yet is waited for) and, shared, check the blob store; with no admin key and
+    no stored key (``make``), make one admin key and print it once. Of nodes starting
+    at once on one database, only the one that claims ``FIRST_KEY`` makes it; the others
+    say that it exists (or is being made)."""
+    from barge.app import make_blobs, make_store, open_blobs, open_store
+
+    async def made_elsewhere(store: Store) -> bool:
+        """Whether the key another node claimed to make shows up in FIRST_KEY_WAIT."""
+        deadline = time.monotonic() + FIRST_KEY_WAIT
+        while not await store.list_keys():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def main() -> str | bool | None:
+        """The new key's secret; False/True: another node claimed the making of it, and
+        it did not (yet) / did show up; None: nothing to do."""
+        store = make_store(settings)
+        await open_store(store)
+        try:
+            if settings.shared:
+                await open_blobs(make_blobs(settings))
+            if not make or await store.list_keys():
+                return None
+            if not await store.use_once(
+                FIRST_KEY, expires_at=int(time.time()) + FIRST_KEY_CLAIM_SECONDS
+            ):
+                return await made_elsewhere(store)
+            _, secret = await create_key(store, name="first-admin", role="admin",
+                                         account="default")
+            return secret
+        finally:
+            await store.close()
+
+    outcome = asyncio.run(main())
+    if isinstance(outcome, str):
         click.echo(
             "No keys yet: created an admin key of account 'default' (shown only now):\n"
-            f"  {secret}\n"
+            f"  {outcome}\n"
             "Use it as OPENAI_API_KEY with the openai SDK, and as $ADMIN in the README's "
             "admin examples.", err=True,
+        )
+    elif outcome is True:
+        click.echo(
+            "An admin key already exists: another node starting at the same time made it "
+            "and printed it; none made here.", err=True,
+        )
+    elif outcome is False:
+        where = ("this node's --database-url and --database-schema" if settings.shared
+                 else "this node's --data-dir")
+        click.echo(
+            "No keys yet, and another node is making the first admin key: it prints it. "
+            f"If none does, make one with `barge keys create --name admin` (with {where}).",
+            err=True,
         )
 
 
@@ -275,38 +438,42 @@ def keys() -> None:
 
 
 @keys.command("create")
-@data_dir_option
+@key_store_options
 @click.option("--name", required=True, help="A label for the key.")
 @click.option("--role", default="admin", show_default=True, help="The key's role.")
 @click.option("--account", default="default", show_default=True,
               help="The account the key acts for.")
-def keys_create(data_dir: Path, name: str, role: str, account: str) -> None:
+def keys_create(data_dir: Path, database_url: str | None, database_schema: str | None,
+                name: str, role: str, account: str) -> None:
     """Create a key; the key itself is the last line printed."""
 
-    async def work(store: SQLiteStore) -> tuple[str, str]:
+    async def work(store: Store) -> tuple[str, str]:
         record, secret = await create_key(store, name=name, role=role, account=account)
         return record.id, secret
 
-    key_id, secret = _run_with_store(data_dir, work)
+    key_id, secret = _run_with_store(data_dir, database_url, database_schema, work)
     click.echo(f"created key {key_id} ({name}, role {role}, account {account})")
     click.echo(secret)
 
 
 @keys.command("list")
-@data_dir_option
-def keys_list(data_dir: Path) -> None:
+@key_store_options
+def keys_list(data_dir: Path, database_url: str | None, database_schema: str | None) -> None:
     """List keys (never the secrets)."""
-    for k in _run_with_store(data_dir, lambda store: store.list_keys()):
+    for k in _run_with_store(data_dir, database_url, database_schema,
+                             lambda store: store.list_keys()):
         state = "revoked" if k.revoked_at else "live"
         click.echo(f"{k.id}\t{k.name}\t{k.role}\t{k.account}\t{state}")
 
 
 @keys.command("revoke")
-@data_dir_option
+@key_store_options
 @click.argument("key_id")
-def keys_revoke(data_dir: Path, key_id: str) -> None:
+def keys_revoke(data_dir: Path, database_url: str | None, database_schema: str | None,
+                key_id: str) -> None:
     """Revoke a key by its id."""
-    _run_with_store(data_dir, lambda store: store.revoke_key(key_id))
+    _run_with_store(data_dir, database_url, database_schema,
+                    lambda store: store.revoke_key(key_id))
     click.echo(f"revoked {key_id}")
 
 
@@ -336,6 +503,24 @@ def db_upgrade(database_url: str, schema: str | None) -> None:
     done = (f"applied {', '.join(f'{v:04d}' for v in store.applied)}" if store.applied
             else "already up to date")
     click.echo(f"{store.where}: schema version {store.schema_version} ({done})")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="Port to listen on.")
+@click.option("--max-delay", type=click.FloatRange(0.0), default=0.05, show_default=True,
+              help="Each answer waits a random time up to this many seconds.")
+def simulate(host: str, port: int, max_delay: float) -> None:
+    """Run a simulated OpenAI-compatible upstream (answers every endpoint at
+    http://HOST:PORT/v1), to try Barge without a model server."""
+    from aiohttp import web
+
+    from barge.simulator import simulator_app
+
+    click.echo(f"simulated upstream on http://{host}:{port}/v1", err=True)
+    web.run_app(simulator_app(max_delay), host=host, port=port, print=None,
+                access_log=None)
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from barge.api.protocol import protocol_class
 from barge.api.server import create_app
@@ -20,12 +21,13 @@ FD_MARGIN = 256  # descriptors beyond the client connections: files, the databas
 
 
 def run(settings: Settings, *, log_level: str = "info",
-        sock: socket.socket | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; on ``sock`` when given (bound by the caller, so that a
-    port in use was refused before anything started). Exits 1 if start-up failed."""
+        sock: socket.socket | None = None, web: ASGIApp | None = None) -> None:
+    """Serve ``web`` (default: the API) until SIGTERM/SIGINT; on ``sock`` when given
+    (bound by the caller, so that a port in use was refused before anything started).
+    Exits 1 if start-up failed."""
     _raise_fd_limit(settings.max_connections + settings.upstream_concurrency + FD_MARGIN)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings) if web is None else web,
         host=settings.host,
         port=settings.port,
         loop="auto",  # uvloop where installed

@@ -51,12 +51,25 @@ class Settings:
     engine: bool = True
     slice_lines: int = 1000  # input lines per durable work slice
     flush_interval: float = 0.05  # seconds between durable result commits
+    shared_flush_interval: float = 0.25  # the same with a shared database (per slice)
     shutdown_grace: float = 30.0  # seconds in-flight requests get on SIGTERM
     poll_interval: float = 0.5  # seconds between looks for new work
     # Batches validating or sending at once, all accounts (an account with none running
     # may still start one, so a new account never waits for the others').
     max_active_batches: int = 64
     max_active_batches_per_account: int = 16  # of those, at most this many of one account
+    # Many machines: state in a shared PostgreSQL database, bytes in an S3 bucket (both or
+    # neither); the data directory then holds only this node's scratch (tmp, cache, work).
+    database_url: str | None = field(default=None, repr=False)  # postgresql://…
+    database_schema: str | None = None  # a PostgreSQL schema for Barge's tables
+    blob_url: str | None = None  # s3://bucket/prefix; endpoint and keys from AWS_*
+    lease_seconds: float = 30.0  # how long a node's claim on work lasts unrenewed
+    node_name: str | None = None  # None: hostname-pid-<4 random hex>, made by the App
+
+    @property
+    def shared(self) -> bool:
+        """Whether state lives in a database many nodes share."""
+        return self.database_url is not None
 
     @property
     def db_path(self) -> Path:

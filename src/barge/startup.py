@@ -23,6 +23,7 @@ def check_settings(settings: Settings) -> None:
     """Raise BargeError naming the first setting that cannot work; log the doubtful."""
     check_signing_secret(settings.signing_secret)
     check_upstream(settings.upstream)
+    check_shared(settings)
     bad = [w for w in settings.completion_windows if window_seconds(w) is None]
     if bad or not settings.completion_windows:
         raise BargeError(
@@ -34,6 +35,45 @@ def check_settings(settings: Settings) -> None:
         raise BargeError(
             "--endpoints / BARGE_ENDPOINTS must be a comma-separated list of endpoints such "
             f"as /v1/chat/completions; got {bad[0] if bad else 'none'!r}."
+        )
+
+
+def check_shared(settings: Settings) -> None:
+    """The database and the blob store are shared together or not at all: either alone
+    would leave part of what every node needs on one node's disk."""
+    if settings.blob_url is not None and settings.database_url is None:
+        raise BargeError(
+            "--blob-url / BARGE_BLOB_URL needs --database-url / BARGE_DATABASE_URL too: "
+            "without a shared database the state would stay in one node's data directory."
+        )
+    if settings.database_url is not None and settings.blob_url is None:
+        raise BargeError(
+            "--database-url / BARGE_DATABASE_URL needs --blob-url / BARGE_BLOB_URL too: "
+            "without a shared blob store the files would stay on one node's disk."
+        )
+    if settings.database_url is not None:
+        check_database_url(settings.database_url)
+    if settings.blob_url is not None:
+        parts = urlsplit(settings.blob_url)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise BargeError(
+                "--blob-url / BARGE_BLOB_URL must be an S3 bucket, like s3://bucket/prefix "
+                f"(endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID ...); got "
+                f"{settings.blob_url!r}."
+            )
+    if not settings.lease_seconds > 0:
+        raise BargeError(
+            f"--lease-seconds / BARGE_LEASE_SECONDS must be above 0; got {settings.lease_seconds}."
+        )
+
+
+def check_database_url(url: str) -> None:
+    """A postgresql:// (or postgres://) URL, else BargeError."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        raise BargeError(
+            "--database-url / BARGE_DATABASE_URL must be a PostgreSQL URL, like "
+            "postgresql://user:password@host:5432/barge."
         )
 
 

@@ -77,6 +77,8 @@ def test_parser_finds_the_four_tables() -> None:
     assert {"lease_token", "lease_owner", "lease_expires"} <= set(tables["slices"])
     assert {"fin_token", "fin_owner", "fin_expires"} <= set(tables["batches"])
     assert {"lease_tokens", "nodes"} <= set(tables)
+    assert tables["results"] == ["batch_id", "slice_no", "idx", "ok", "line"]
+    assert tables["secrets"] == ["name", "value"]
 
 
 @pytest.mark.asyncio

@@ -129,12 +129,6 @@ async def create_upload_url(
     return JSON({"handler": handler, "url": url, "validity_ts": expires})
 
 
-# Handlers whose upload is being committed right now. Barge is one process, and the check
-# and the claim happen with no await between them, so two uploads through one link can
-# never both commit: the first to finish claims the link, any other gets 409.
-_committing: set[str] = set()
-
-
 def _link_used() -> Conflict:
     return Conflict("This upload link was already used; the upload was dropped.",
                     param="handler", code="upload_link_used")
@@ -158,14 +152,16 @@ async def upload(
 ) -> JSON:
     """The body is the file's bytes; the signed link stands in for the API key, once.
     Every upload streams into a temporary file of its own; the first to finish wins the
-    link, and a concurrent or later upload is refused with 409, its bytes dropped."""
+    link (``Store.use_once``, which every node shares), and a concurrent or later upload,
+    through this node or another, is refused with 409, its bytes dropped. A link whose
+    won upload then fails to be stored is spent: the client asks for another."""
     app = app_of(request)
     if account is None or expires is None or signature is None or not verify(
         app.signing_secret, handler, account, expires, signature, now=time.time(),
         purpose=UPLOAD_PURPOSE,
     ):
         raise PermissionDenied(INVALID_UPLOAD, code="invalid_upload_link")
-    if handler in _committing or await _already_stored(app, account, handler):
+    if await _already_stored(app, account, handler):
         raise _link_used()  # refused before reading the body
     s = app.settings
     writer = app.blobs.writer(handler, max_bytes=s.max_file_bytes)
@@ -176,30 +172,21 @@ async def upload(
             writer.write(chunk)
         if size == 0:
             raise InvalidRequest("The file is empty.", param="file", code="empty_file")
-        if handler in _committing:  # another upload through this link is committing
+        # The link's expiry (verified above) is when its use stops mattering.
+        if not await app.store.use_once(f"upload:{handler}", expires_at=int(expires)):
             raise _link_used()
     except BaseException:
         writer.abort()
         raise
-    _committing.add(handler)  # no await since the check above: this upload owns the link
+    info = await writer.commit()
+    now = int(time.time())
+    record = FileRecord(handler, account, f"{handler}.jsonl", "batch", info.bytes,
+                        info.sha256, now, now + s.file_expiry_seconds, info.lines)
     try:
-        try:
-            if await _already_stored(app, account, handler):  # an earlier upload won
-                raise _link_used()
-        except BaseException:
-            writer.abort()
-            raise
-        info = await writer.commit()
-        now = int(time.time())
-        record = FileRecord(handler, account, f"{handler}.jsonl", "batch", info.bytes,
-                            info.sha256, now, now + s.file_expiry_seconds, info.lines)
-        try:
-            await app.store.create_file(record)
-        except BaseException:
-            await app.blobs.delete(handler)
-            raise
-    finally:
-        _committing.discard(handler)
+        await app.store.create_file(record)
+    except BaseException:
+        await app.blobs.delete(handler)
+        raise
     return JSON({"handler": handler, "bytes": info.bytes, "sha256": info.sha256})
 
 

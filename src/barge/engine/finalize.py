@@ -7,6 +7,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -38,13 +39,16 @@ class Merged:
         return self.errors.lines
 
 
-def result_file_id(batch_id: str, kind: str) -> str:
+def result_file_id(batch_id: str, kind: str, fin_token: int | None = None) -> str:
     """Result file ids are derived from the batch id, so writing results twice (after a
-    crash) publishes the same files instead of new ones."""
-    return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
+    crash) publishes the same files instead of new ones. Where many nodes may write them
+    (``fin_token``, the writer's claim), from the claim too: a writer whose claim ran out
+    and was taken over publishes under ids of its own, never over the winner's files."""
+    seed = f"{batch_id}:{kind}" if fin_token is None else f"{batch_id}:{kind}:{fin_token}"
+    return "file-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
 
 
-class _Sink:
+class Sink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()
@@ -75,9 +79,7 @@ def merge_results(
 ) -> Merged:
     """Write the output and error files into ``work_dir/<batch>/``. With ``expire_rest``,
     every request without a result goes to the error file as ``batch_expired``."""
-    folder = work_dir / batch_id
-    folder.mkdir(parents=True, exist_ok=True)
-    out, err = _Sink(folder / "output.jsonl"), _Sink(folder / "errors.jsonl")
+    out, err = open_sinks(work_dir / batch_id)
     with open(input_path, "rb") if expire_rest else nullcontext() as fh:
         for s in slices:
             part = part_path(work_dir, batch_id, s.no)
@@ -85,19 +87,29 @@ def merge_results(
                 (out if ok else err).add(line)
             if fh is None or s.done:
                 continue
-            done = done_map(part, s.committed_bytes, s.n_lines)
-            fh.seek(s.start_offset)
-            for i in range(s.n_lines):
-                raw = fh.readline()
-                if done[i] or is_blank(raw):
-                    continue
-                custom_id = orjson.loads(raw)["custom_id"]
-                err.add(
-                    error_line(
-                        custom_id,
-                        ResultCodes.BATCH_EXPIRED,
-                        "The batch expired before this request was completed.",
-                    )
-                )
+            expire_missing(fh, s, done_map(part, s.committed_bytes, s.n_lines), err)
     return Merged(out.close(), err.close())
 
+
+def open_sinks(folder: Path) -> tuple[Sink, Sink]:
+    """The output and error files of a batch being written, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Sink(folder / "output.jsonl"), Sink(folder / "errors.jsonl")
+
+
+def expire_missing(fh: BinaryIO, s: Slice, done: bytearray, err: Sink) -> None:
+    """Add a ``batch_expired`` error line for each request of ``s`` (read from the input
+    ``fh``) that ``done`` does not mark as having a result."""
+    fh.seek(s.start_offset)
+    for i in range(s.n_lines):
+        raw = fh.readline()
+        if done[i] or is_blank(raw):
+            continue
+        custom_id = orjson.loads(raw)["custom_id"]
+        err.add(
+            error_line(
+                custom_id,
+                ResultCodes.BATCH_EXPIRED,
+                "The batch expired before this request was completed.",
+            )
+        )

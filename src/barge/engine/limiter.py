@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import deque
 from enum import Enum
 
@@ -38,10 +39,29 @@ class AdaptiveLimiter:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._room_waiters: deque[asyncio.Future[None]] = deque()
         self.cuts = 0
+        self._share: int | None = None  # this node's part of a shared budget
+        self._share_until = math.inf  # monotonic time the share holds until
 
     @property
     def limit(self) -> int:
-        return max(1, math.floor(self._limit))
+        base = max(1, math.floor(self._limit))
+        if self._share is None:
+            return base
+        if time.monotonic() >= self._share_until:
+            return 0
+        return min(base, self._share)
+
+    @property
+    def share(self) -> int | None:
+        return self._share
+
+    def set_share(self, share: int, *, valid_for: float) -> None:
+        """Run under ``share`` requests in flight (0: none) for ``valid_for`` seconds;
+        after that, send nothing until the share is set again."""
+        self._share = max(0, share)
+        self._share_until = time.monotonic() + valid_for
+        self._limit = min(self._limit, float(max(1, self._share)))
+        self._wake()
 
     @property
     def in_flight(self) -> int:
@@ -101,7 +121,9 @@ class AdaptiveLimiter:
                 step = 1.0 / (CAUTION * self._limit)
             else:
                 step = 1.0 / self._limit
-            self._limit = min(float(self.maximum), self._limit + step)
+            top = self.maximum if self._share is None else max(1, min(self.maximum,
+                                                                         self._share))
+            self._limit = min(float(top), self._limit + step)
         self._wake()
 
     def _wake(self) -> None:

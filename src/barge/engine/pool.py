@@ -20,17 +20,24 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from barge.domain.usage import NO_USAGE, Usage
 from barge.engine.dispatch import Dispatcher
-from barge.engine.parts import PartWriter
 
 log = logging.getLogger("barge.pool")
+
+
+class ResultSink(Protocol):
+    """Where a slice's results go: its part file (one node) or its leased buffer."""
+
+    def append(self, index: int, ok: bool, line: bytes, usage: Usage = NO_USAGE) -> None: ...
 
 
 class SliceTracker:
     """Counts a slice's requests that are queued or in flight."""
 
-    def __init__(self, writer: PartWriter) -> None:
+    def __init__(self, writer: ResultSink) -> None:
         self.writer = writer
         self._outstanding = 0
         self._drained = asyncio.Event()

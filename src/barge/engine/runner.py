@@ -19,14 +19,23 @@ from barge.blobs.protocol import Blobs
 from barge.domain.models import OUTPUT_PURPOSE, BatchRecord, FileRecord, LineError, Slice
 from barge.domain.status import TERMINAL, Status
 from barge.domain.validation import LineCodes, is_blank
+from barge.engine.budget import SharedBudget
 from barge.engine.dispatch import Dispatcher
-from barge.engine.finalize import merge_results, part_path, result_file_id
+from barge.engine.finalize import Merged, merge_results, part_path, result_file_id
+from barge.engine.leased import LeasedRun, merge_stored
 from barge.engine.parts import PartWriter, done_map
 from barge.engine.pool import Job, Lane, SliceTracker, WorkerPool
 from barge.engine.purge import purge_batch, sha256_file
 from barge.engine.reaper import reap_expired_files
 from barge.engine.scan import ScanResult, scan_input
-from barge.exceptions import Conflict, NotFound
+from barge.exceptions import (
+    BargeError,
+    BlobsUnavailable,
+    Conflict,
+    Fenced,
+    NotFound,
+    StoreUnavailable,
+)
 from barge.settings import Settings
 from barge.store.protocol import Store
 
@@ -45,6 +54,7 @@ _SIMPLE_MOVES = {
     Status.CANCEL: (Status.CANCELLING,),
 }
 REAP_INTERVAL = 60.0  # seconds between sweeps for expired files
+WAITING_LOG_INTERVAL = 5.0  # seconds between "waiting for storage" lines
 
 
 class BatchRun:
@@ -91,8 +101,13 @@ class BatchRun:
 
 class Engine:
     def __init__(
-        self, store: Store, blobs: Blobs, dispatcher: Dispatcher, settings: Settings
+        self, store: Store, blobs: Blobs, dispatcher: Dispatcher, settings: Settings,
+        *, node: str | None = None,
     ) -> None:
+        """With ``node`` (its name in the cluster), the engine shares the work of every
+        batch with other nodes through leases (see ``leased``); without, it works alone
+        on part files in ``work_dir``, as one machine does."""
+        self._node = node
         self._store = store
         self._blobs = blobs
         self._dispatcher = dispatcher
@@ -104,11 +119,17 @@ class Engine:
         self._runs: dict[str, BatchRun] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._last_waiting = 0.0
+        self._budget = None if node is None else SharedBudget(
+            store, node, dispatcher.limiter, budget=settings.upstream_concurrency,
+            ttl=settings.lease_seconds)
 
     # -- lifecycle of the engine itself ------------------------------------------
 
     async def start(self) -> None:
         self._settings.work_dir.mkdir(parents=True, exist_ok=True)
+        if self._budget is not None:
+            await self._budget.start()
         self._pool.start()
         self._loop_task = asyncio.create_task(self._loop(), name="barge-engine")
 
@@ -128,6 +149,8 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self._pool.close()
+        if self._budget is not None:
+            await self._budget.stop()
 
     def poke(self, batch_id: str | None = None, *, cancel: bool = False) -> None:
         """Look for work now; with ``cancel``, stop dispatching ``batch_id`` at once."""
@@ -151,6 +174,9 @@ class Engine:
                     log.exception("cannot delete expired files")
             try:
                 batches = await self._store.unfinished_batches()
+            except (StoreUnavailable, BlobsUnavailable) as e:
+                self._say_waiting(e)
+                batches = []
             except Exception:
                 log.exception("cannot list unfinished batches")
                 batches = []
@@ -161,6 +187,15 @@ class Engine:
                 task.add_done_callback(functools.partial(self._forget_driver, b.id))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+
+    def _say_waiting(self, e: BargeError, batch_id: str | None = None) -> None:
+        """One line, at most every few seconds, while the store or the blob store cannot
+        be reached: the engine waits and tries again, it does not give up."""
+        now = time.monotonic()
+        if now - self._last_waiting >= WAITING_LOG_INTERVAL:
+            self._last_waiting = now
+            what = f"batch {batch_id}: " if batch_id else ""
+            log.warning("%swaiting for storage to come back: %s", what, e)
 
     def _admit(self, batches: list[BatchRecord]) -> list[BatchRecord]:
         """Which of the unfinished ``batches`` (oldest first) to start driving now.
@@ -230,6 +265,10 @@ class Engine:
                 failures = 0
             except Conflict:
                 continue  # raced with a cancel or another move: look again
+            except (StoreUnavailable, BlobsUnavailable) as e:
+                failures += 1
+                self._say_waiting(e, batch_id)
+                await asyncio.sleep(min(5.0, 0.25 * 2**failures))
             except Exception:
                 failures += 1
                 log.exception("batch %s: step failed (attempt %d); retrying", batch_id, failures)
@@ -326,6 +365,8 @@ class Engine:
         run = BatchRun(b, self._store, self._pool)
         if self._stopping:
             return "shutdown"
+        if self._node is not None:
+            return await self._process_leased(run, self._node)
         self._runs[b.id] = run
         input_path = await self._blobs.local_path(b.input_file_id)
         todo = [s for s in await self._store.list_slices(b.id) if not s.done]
@@ -336,8 +377,8 @@ class Engine:
                 for s in todo:
                     if run.stopping():
                         break
-                    tracker = await self._enqueue_slice(run, s, input_path)
-                    group.create_task(self._close_slice(run, tracker))
+                    writer, tracker = await self._enqueue_slice(run, s, input_path)
+                    group.create_task(self._close_slice(run, writer, tracker))
         finally:
             # The watcher is never cancelled mid-flush: a flush cut between its fsync and
             # its Store commit would leave counts behind the parts.
@@ -346,6 +387,34 @@ class Engine:
             self._runs.pop(b.id, None)
             await asyncio.shield(run.flush())
         return run.stop_reason or "done"
+
+    async def _process_leased(self, run: BatchRun, node: str) -> str:
+        """Work on this node's share of the batch, on leases, until every slice is done
+        (on whichever node) or the run stops."""
+        s = self._settings
+        self._runs[run.batch.id] = run
+        dispatch_done = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(run, dispatch_done))
+        try:
+            input_path = await self._blobs.local_path(run.batch.input_file_id)
+            leased = LeasedRun(
+                run.batch, store=self._store, pool=self._pool, lane=run.lane, node=node,
+                lease_seconds=s.lease_seconds, flush_interval=s.shared_flush_interval,
+                poll_interval=s.poll_interval, max_slices=self._slices_per_batch(),
+                stopping=run.stopping,
+            )
+            await leased.run(input_path)
+        finally:
+            dispatch_done.set()
+            await asyncio.shield(watcher)
+            self._runs.pop(run.batch.id, None)
+        return run.stop_reason or "done"
+
+    def _slices_per_batch(self) -> int:
+        """Slices one node holds of one batch at once: enough to keep its share of the
+        upstream busy, few enough to leave the rest to other nodes."""
+        s = self._settings
+        return max(2, -(-s.upstream_concurrency // s.slice_lines) + 1)
 
     async def _watch(self, run: BatchRun, dispatch_done: asyncio.Event) -> None:
         """Flush results every interval; notice a cancel or the end of the window."""
@@ -360,7 +429,14 @@ class Engine:
                     run.stop("expire")
                 if time.monotonic() - last_look >= s.poll_interval:
                     last_look = time.monotonic()
-                    current = await self._store.get_batch(None, run.batch.id)
+                    try:
+                        current = await self._store.get_batch(None, run.batch.id)
+                    except StoreUnavailable as e:
+                        if self._node is None:
+                            raise
+                        # Many nodes: the leases decide whether this run may go on.
+                        self._say_waiting(e, run.batch.id)
+                        continue
                     if current.status is not Status.PROCESSING:
                         run.stop("cancel")
         except Exception:
@@ -368,7 +444,9 @@ class Engine:
                           run.batch.id)
             run.stop("error")
 
-    async def _enqueue_slice(self, run: BatchRun, s: Slice, input_path: Path) -> SliceTracker:
+    async def _enqueue_slice(
+        self, run: BatchRun, s: Slice, input_path: Path
+    ) -> tuple[PartWriter, SliceTracker]:
         """Queue every line of a slice that has no durable result yet."""
         part = part_path(self._settings.work_dir, s.batch_id, s.no)
         done = await asyncio.to_thread(done_map, part, s.committed_bytes, s.n_lines)
@@ -384,14 +462,14 @@ class Engine:
                 if run.stopping():
                     break
                 await self._pool.submit(run.lane, Job(run.stopping, tracker, i, raw))
-        return tracker
+        return writer, tracker
 
     @staticmethod
-    async def _close_slice(run: BatchRun, tracker: SliceTracker) -> None:
+    async def _close_slice(run: BatchRun, writer: PartWriter, tracker: SliceTracker) -> None:
         """Once a slice's last request has its result, mark it done (unless stopped)."""
         await tracker.drained()
         if not run.stopping():
-            tracker.writer.mark_done()
+            writer.mark_done()
 
     async def _finish(
         self, b: BatchRecord, to: Status, *, expire_rest: bool, scan: ScanResult | None = None
@@ -401,22 +479,22 @@ class Engine:
         its slices (and request count) are the scan's, none with a result."""
         s = self._settings
         started = time.monotonic()
-        slices = scan.slices if scan is not None else await self._store.list_slices(b.id)
-        try:
-            input_path = await self._blobs.local_path(b.input_file_id)
-        except NotFound:
-            input_path, expire_rest = Path("/dev/null"), False
-        merged = await asyncio.to_thread(
-            merge_results,
-            batch_id=b.id,
-            slices=slices,
-            input_path=input_path,
-            work_dir=s.work_dir,
-            expire_rest=expire_rest,
-        )
+        fin_token: int | None = None
+        if self._node is not None and scan is None:
+            # Many nodes: one of them writes the files. The claim also fences off every
+            # slice commit from here on, so whoever writes them writes the same bytes.
+            fin_token = await self._store.claim_finalize(b.id, self._node,
+                                                         lease_seconds=s.lease_seconds)
+            if fin_token is None:  # another node writes them (or, for a cancel, its
+                await asyncio.sleep(s.poll_interval)  # slices are being given back)
+                return
+        merged = await self._merge(b, expire_rest=expire_rest, scan=scan,
+                                   stored=fin_token is not None)
         now = int(time.time())
         files: list[FileRecord] = []
         fields: dict[str, object] = {"completed": merged.completed, "failed": merged.failed}
+        if fin_token is not None:
+            fields["fin_token"] = fin_token
         if scan is not None:
             fields |= {"total": scan.total, "model": scan.model}
         for kind, written, field in (
@@ -425,7 +503,7 @@ class Engine:
         ):
             if written.lines == 0:
                 continue
-            file_id = result_file_id(b.id, kind)
+            file_id = result_file_id(b.id, kind, fin_token)
             await self._blobs.publish(file_id, written.path)
             files.append(
                 FileRecord(
@@ -443,6 +521,12 @@ class Engine:
             fields[field] = file_id
         try:
             await self._store.finish(b.id, to, files=files, **fields)
+        except Fenced:
+            # Another node claimed the batch after this one's claim ran out, and writes
+            # the files under ids of its own: these belong to no record.
+            log.warning("batch %s: another node took over writing its results", b.id)
+            await self._unpublish(b.id, files)
+            return
         except Conflict:
             # Raced with a cancel (the batch moved on): the files published above belong
             # to no record, so they go; the next step ends the batch as it now is.
@@ -451,6 +535,30 @@ class Engine:
         shutil.rmtree(s.work_dir / b.id, ignore_errors=True)
         log.info("batch %s: %s (%d ok, %d failed); results written in %.2fs", b.id, to.value,
                  merged.completed, merged.failed, time.monotonic() - started)
+
+    async def _merge(
+        self, b: BatchRecord, *, expire_rest: bool, scan: ScanResult | None, stored: bool
+    ) -> Merged:
+        """The batch's output and error files, written in its work folder: from the
+        results stored with its progress (``stored``, many nodes), else from its parts."""
+        s = self._settings
+        slices = scan.slices if scan is not None else await self._store.list_slices(b.id)
+        try:
+            input_path = await self._blobs.local_path(b.input_file_id)
+        except NotFound:
+            input_path, expire_rest = Path("/dev/null"), False
+        if stored:
+            return await merge_stored(self._store, batch_id=b.id, slices=slices,
+                                      input_path=input_path, folder=s.work_dir / b.id,
+                                      expire_rest=expire_rest)
+        return await asyncio.to_thread(
+            merge_results,
+            batch_id=b.id,
+            slices=slices,
+            input_path=input_path,
+            work_dir=s.work_dir,
+            expire_rest=expire_rest,
+        )
 
     async def _unpublish(self, batch_id: str, files: list[FileRecord]) -> None:
         current = await self._store.get_batch(None, batch_id)

@@ -12,10 +12,16 @@ from barge.domain.permissions import Role
 from barge.domain.status import Status
 from barge.domain.usage import NO_USAGE, Usage
 
+# One result a flush makes durable: the index of its line within its slice, whether it
+# goes to the output file (True) or the error file (False), and the result line's bytes
+# without the newline.
+ResultRecord = tuple[int, bool, bytes]
+
 
 @dataclass(frozen=True, slots=True)
 class SliceProgress:
-    """What one flush made durable for one slice: its new part length and count deltas."""
+    """What one flush made durable for one slice: its new part length, count deltas and
+    the result records counted."""
 
     no: int
     committed_bytes: int
@@ -26,6 +32,19 @@ class SliceProgress:
     # The lease token the flush was made under (``Lease.token``); None: no lease (the
     # single-node engine), and the progress is applied unfenced, as it always was.
     token: int | None = None
+    # The results this flush counts, stored in the same transaction as the counts, so
+    # that any node can write the batch's files from the store (``slice_results``).
+    records: tuple[ResultRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """One result record as the store keeps it (``slice_results``)."""
+
+    slice_no: int
+    index: int  # of the line within its slice
+    ok: bool  # the output file's (True) or the error file's (False)
+    line: bytes  # without the newline
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +72,13 @@ class Lease:
         return self.slice.no
 
 
-# Statuses in which a batch's result files are written, and ``claim_finalize`` can win.
+# Statuses in which a batch's result files are written, and ``claim_finalize`` can win
+# (it also wins on a ``processing`` batch past its ``expires_at``, to expire it).
 FINALIZING = frozenset({Status.WRITING_RESULTS, Status.CANCELLING})
+
+# Seconds a ``use_once`` row outlives its ``expires_at`` on the store's clock, so that a
+# node whose clock lags the store's still finds the keys it thinks unexpired.
+USE_ONCE_SLACK = 300
 
 T = TypeVar("T")
 
@@ -142,17 +166,31 @@ class Store(Protocol):
     async def list_slices(self, batch_id: str) -> list[Slice]: ...
 
     async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
-        """Acknowledge durable results of several slices in one transaction. Entries with
-        a ``token`` are fenced: unless every token given is still its slice's current
-        one, nothing of the call is applied and Fenced is raised. Entries without one
-        are applied as they are (no lease is checked)."""
+        """Acknowledge durable results of several slices in one transaction: the counts,
+        and every entry's ``records`` (a record for an index already stored replaces
+        it). Entries with a ``token`` are fenced: unless every token given is still its
+        slice's current one, the batch is ``processing``, ``cancel`` or ``cancelling``
+        and nobody has claimed its finalisation (``claim_finalize``), nothing of the
+        call is applied and Fenced is raised. Entries without one are applied as they
+        are (no lease is checked)."""
+
+    async def slice_results(
+        self, batch_id: str, *, after: tuple[int, int] | None = None, limit: int = 1000
+    ) -> list[StoredResult]:
+        """Up to ``limit`` of the batch's stored results in (slice, index) order, those
+        after the (slice_no, index) ``after`` when given."""
+
+    async def done_indexes(self, batch_id: str, slice_no: int) -> list[int]:
+        """The indexes within slice ``slice_no`` that have a stored result, in order:
+        the lines a node taking the slice over must not send again."""
 
     async def finish(
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
     ) -> BatchRecord:
-        """Publish result files and move the batch to ``to`` in one transaction. With
-        ``fin_token=`` (an int from ``claim_finalize``), only while that is still the
-        batch's current finalisation token; otherwise Fenced, and nothing changes.
+        """Publish result files and move the batch to ``to`` in one transaction, deleting
+        the batch's stored results (the files hold them now). With ``fin_token=`` (an
+        int from ``claim_finalize``), only while that is still the batch's current
+        finalisation token; otherwise Fenced, and nothing changes.
 
         ``fin_token`` is declared by each implementation (``int | None = None``), not
         here: the engine passes its fields as a ``dict[str, object]``, which a typed
@@ -160,11 +198,12 @@ class Store(Protocol):
 
     # Leases: many nodes share the slices of processing batches.
     async def claim_slices(
-        self, node: str, *, limit: int, lease_seconds: float
+        self, node: str, *, limit: int, lease_seconds: float, batch_id: str | None = None
     ) -> list[Lease]:
         """Lease up to ``limit`` slices to ``node`` for ``lease_seconds``: slices not
-        done, of batches in ``processing``, that nobody holds (never leased, released,
-        or whose lease has expired). Each gets a new token. Concurrent claimers, on this
+        done, of batches in ``processing`` that nobody has claimed to finalise (only
+        batch ``batch_id``'s when given), that nobody holds (never leased, released, or
+        whose lease has expired). Each gets a new token. Concurrent claimers, on this
         store or on others sharing its data, never get the same slice. Oldest batch
         first, then by slice number (no fairness across accounts yet)."""
 
@@ -173,8 +212,9 @@ class Store(Protocol):
     ) -> list[Lease]:
         """Extend each lease still held under its token to ``lease_seconds`` from now;
         returns those renewed (with their new expiry). A lease another node has taken
-        over, or that was released, is left alone and missing from the result. A lease
-        that expired but that nobody took over is still held (its token is current)."""
+        over, or that was released, or whose batch is claimed to be finalised, is left
+        alone and missing from the result. A lease that expired but that nobody took over
+        is still held (its token is current)."""
 
     async def release_leases(self, leases: Sequence[Lease]) -> None:
         """Give leases back (a graceful shutdown): each still held under its token ends
@@ -184,23 +224,49 @@ class Store(Protocol):
         self, batch_id: str, node: str, *, lease_seconds: float
     ) -> int | None:
         """Win the right to write a batch's result files: the new finalisation token, or
-        None when the batch is not in ``writing_results`` or ``cancelling`` (or does not
-        exist) or another node's claim has not expired. Exactly one of concurrent
-        callers wins; ``finish(..., fin_token=...)`` then succeeds only under it."""
+        None when another node's claim has not expired, or the batch does not exist or
+        is in none of these: ``writing_results``; ``processing`` past its ``expires_at``
+        (on the store's clock: to expire it); ``cancelling`` with no slice whose lease
+        is still unexpired (its holders have released it or gone silent). Exactly one of
+        concurrent callers wins; ``finish(..., fin_token=...)`` then succeeds only under
+        it, and from the claim on, fenced progress on the batch is refused and its
+        leases are not renewed."""
 
     # Nodes: who is alive, to share an upstream budget.
     async def heartbeat(self, node: str, *, ttl: float) -> int:
         """Record that ``node`` is alive for ``ttl`` more seconds; returns how many nodes
         are alive now, itself included. Rows of nodes gone silent are forgotten."""
 
+    async def share_budget(
+        self, node: str, *, ttl: float, want: int, budget: int
+    ) -> tuple[int, int]:
+        """Record that ``node`` is alive for ``ttl`` more seconds and set the slots of
+        ``budget`` it holds to ``want``, or to what the other live nodes leave free if
+        that is less (never below 0): the slots of all live nodes never add up to more
+        than ``budget``. Returns (its slots, live nodes, itself included). A node that
+        goes silent gives its slots back when its row expires."""
+
     async def leave(self, node: str) -> None:
         """Forget ``node`` at once (a graceful shutdown)."""
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The value stored under ``name``: ``candidate``, stored now, unless a value was
+        there already. Concurrent callers (nodes starting at once) all get the same one."""
+
+    async def use_once(self, key: str, *, expires_at: int) -> bool:
+        """Whether this is the first use of ``key``: True for the one caller that uses it
+        first, False for every later one, and for every other of concurrent callers, on
+        this store or on others sharing its data. ``expires_at`` (Unix seconds) is when
+        the use stops mattering (what it guarded is refused for its age by then): once
+        it is more than ``USE_ONCE_SLACK`` seconds past on the store's clock, the key
+        counts as unused again, and later calls may purge its row."""
 
     async def deleting_batches(self) -> list[BatchRecord]:
         """Batches marked ``deleting`` whose purge has not finished, oldest first."""
 
     async def delete_batch(self, batch_id: str) -> None:
-        """Remove a ``deleting`` batch, its slices and its result files' records."""
+        """Remove a ``deleting`` batch, its slices, its stored results and its result
+        files' records."""
 
     async def unfinished_batches(self) -> list[BatchRecord]:
         """Every batch the engine still has work for (neither terminal nor being

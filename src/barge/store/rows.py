@@ -11,7 +11,7 @@ import orjson
 from barge.domain.models import BatchRecord, FileRecord, LineError, Slice
 from barge.domain.status import TERMINAL, Status
 from barge.domain.usage import MAX_TOKENS, Usage
-from barge.store.protocol import Lease
+from barge.store.protocol import Lease, StoredResult
 
 _BATCH_COLUMNS = (
     "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
@@ -26,6 +26,7 @@ _SLICE_COLUMNS = (
     " failed, done"
 )
 _LEASE_COLUMNS = f"{_SLICE_COLUMNS}, lease_token, lease_owner, lease_expires"
+_RESULT_COLUMNS = "slice_no, idx, ok, line"
 
 # Unfinished batches: the condition of the partial index ``batches_unfinished`` of both
 # schemas, spelled as there so that the planner uses the index.
@@ -109,3 +110,8 @@ def _slice(row: Any) -> Slice:
 def _lease(row: Any) -> Lease:
     return Lease(slice=_slice(row), token=row["lease_token"], node=row["lease_owner"],
                  expires_at=row["lease_expires"])
+
+
+def _result(row: Any) -> StoredResult:
+    return StoredResult(slice_no=row["slice_no"], index=row["idx"], ok=bool(row["ok"]),
+                        line=bytes(row["line"]))

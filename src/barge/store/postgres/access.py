@@ -1,4 +1,5 @@
-"""The PostgreSQL verbs on access: API keys and roles."""
+"""The PostgreSQL verbs on access: API keys, roles, the secrets nodes share, and names
+used once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from barge.domain.permissions import Role, make_role
 from barge.exceptions import Conflict, NotFound
 from barge.store.postgres.base import Verbs
 from barge.store.postgres.rows import _NOW_S
+from barge.store.protocol import USE_ONCE_SLACK
+
+# Most expired ``used_once`` rows one ``use_once`` call purges.
+PURGE_LIMIT = 100
 
 
 def _role(row: Any) -> Role:
@@ -81,3 +86,33 @@ class AccessVerbs(Verbs):
                 "SELECT account, name, actions, operations FROM roles WHERE account=$1"
                 ' ORDER BY name COLLATE "C"', account)
         return [(r["account"], _role(r)) for r in rows]
+
+    # -- secrets --------------------------------------------------------------
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        # On a conflict, DO UPDATE (not DO NOTHING) returns the stored row, even one a
+        # concurrent caller committed after this statement's snapshot: every caller
+        # gets the first value.
+        row = await self._fetchrow(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET value = secrets.value RETURNING value",
+            name, candidate, read=False,
+        )
+        return str(row["value"])
+
+    async def use_once(self, key: str, *, expires_at: int) -> bool:
+        # The insert of a name in use waits for its first user's statement to commit and
+        # then finds the row: of concurrent callers exactly one inserts it (or, when the
+        # row is past its time, updates it: the others then see the new expiry and update
+        # nothing). The purge skips rows other calls are purging, and the name itself,
+        # which the insert takes care of.
+        row = await self._fetchrow(
+            "WITH gone AS (DELETE FROM used_once WHERE name IN (SELECT name FROM used_once"
+            f"  WHERE expires_at < {_NOW_S} - $3 AND name <> $1"
+            "  ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED))"
+            " INSERT INTO used_once (name, expires_at) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at"
+            f" WHERE used_once.expires_at < {_NOW_S} - $3 RETURNING name",
+            key, int(expires_at), USE_ONCE_SLACK, PURGE_LIMIT, read=False,
+        )
+        return row is not None

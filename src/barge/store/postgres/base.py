@@ -3,14 +3,15 @@ page of a list."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from barge.domain.models import BatchRecord
 from barge.exceptions import Fenced, NotFound
 from barge.store.postgres.moves import _Move
 from barge.store.rows import _batch
 
+R = TypeVar("R")
 RETRIES = 3  # attempts of a transaction that lost to a deadlock or serialization failure
 
 
@@ -23,6 +24,9 @@ class Verbs:
         async def _fetch(self, sql: str, *args: Any, read: bool = True) -> list[Any]: ...
 
         async def _fetchrow(self, sql: str, *args: Any, read: bool = True) -> Any: ...
+
+        async def _call(self, fn: Callable[[Any], Awaitable[R]], *, read: bool = False
+                        ) -> R: ...
 
     async def _move(self, batch_id: str, move: _Move, *extra: str,
                     extra_args: Sequence[Any] = ()) -> tuple[bool, BatchRecord]:

@@ -137,6 +137,8 @@ class BatchVerbs(Verbs):
             " dropped_files AS (DELETE FROM files WHERE id IN"
             "  (SELECT output_file_id FROM b WHERE status = 'deleting'"
             "   UNION ALL SELECT error_file_id FROM b WHERE status = 'deleting')),"
+            " dropped_results AS (DELETE FROM results WHERE batch_id IN"
+            "  (SELECT id FROM b WHERE status = 'deleting')),"
             " dropped_batch AS (DELETE FROM batches WHERE id IN"
             "  (SELECT id FROM b WHERE status = 'deleting'))"
             " SELECT status FROM b",

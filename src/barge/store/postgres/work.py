@@ -1,5 +1,6 @@
-"""The PostgreSQL verbs on a batch's work: its slices and their progress, the leases
-nodes hold on slices and on finalisation, finishing, and the nodes' heartbeats."""
+"""The PostgreSQL verbs on a batch's work: its slices, their progress and the results it
+stores, the leases nodes hold on slices and on finalisation, finishing, and the nodes'
+heartbeats."""
 
 from __future__ import annotations
 
@@ -13,8 +14,29 @@ from barge.exceptions import Fenced
 from barge.store.postgres.base import Verbs
 from barge.store.postgres.moves import _Move
 from barge.store.postgres.rows import _NOW, _S_LEASE_COLUMNS
-from barge.store.protocol import FINALIZING, Lease, SliceProgress
-from barge.store.rows import _FILE_COLUMNS, _SLICE_COLUMNS, _lease, _slice, _tokens
+from barge.store.protocol import Lease, SliceProgress, StoredResult
+from barge.store.rows import (
+    _FILE_COLUMNS,
+    _RESULT_COLUMNS,
+    _SLICE_COLUMNS,
+    _lease,
+    _result,
+    _slice,
+    _tokens,
+)
+
+# Statuses in which fenced progress is accepted: the batch's requests are being sent, or
+# drained after a cancel.
+_SENDING = ["processing", "cancel", "cancelling"]
+
+# The result records of a flush, inserted in its statement from four arrays; a record
+# for an index already stored replaces it.
+_STORE_RESULTS = (
+    "INSERT INTO results (batch_id, slice_no, idx, ok, line)"
+    " SELECT $1, * FROM unnest(${0}::bigint[], ${1}::bigint[], ${2}::bool[], ${3}::bytea[])"
+    " WHERE {4} ON CONFLICT (batch_id, slice_no, idx)"
+    " DO UPDATE SET ok = excluded.ok, line = excluded.line"
+)
 
 
 def _positive(name: str, value: float) -> None:
@@ -26,6 +48,15 @@ def _lease_arrays(leases: Sequence[Lease]) -> list[list[Any]]:
     """The leases as (batch ids, slice numbers, tokens), for ``unnest``."""
     return [[x.batch_id for x in leases], [x.slice_no for x in leases],
             [x.token for x in leases]]
+
+
+def _record_arrays(progress: Sequence[SliceProgress]) -> list[list[Any]]:
+    """The records of ``progress`` as (slice numbers, indexes, oks, lines), for
+    ``unnest``; of an index given twice, the last (one statement may not write a row
+    twice)."""
+    records = {(p.no, idx): (ok, line) for p in progress for idx, ok, line in p.records}
+    return [[no for no, _ in records], [idx for _, idx in records],
+            [ok for ok, _ in records.values()], [line for _, line in records.values()]]
 
 
 def _file_arrays(files: Sequence[FileRecord]) -> list[list[Any]]:
@@ -64,34 +95,41 @@ class WorkVerbs(Verbs):
         if any(p.token is not None for p in progress):
             await self._record_fenced(batch_id, progress, merged, add)
             return
+        # The results ride along when the batch exists (``b`` updated its row).
         await self._fetchrow(
             "WITH p AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[],"
             "  $5::bigint[], $6::bool[]) AS p (no, committed_bytes, completed, failed, done)),"
             " s AS (UPDATE slices SET committed_bytes = p.committed_bytes,"
             "  completed = slices.completed + p.completed, failed = slices.failed + p.failed,"
-            "  done = p.done FROM p WHERE slices.batch_id = $1 AND slices.no = p.no)"
-            f" UPDATE batches SET completed = completed + $7, failed = failed + $8,"
+            "  done = p.done FROM p WHERE slices.batch_id = $1 AND slices.no = p.no),"
+            " b AS (UPDATE batches SET completed = completed + $7, failed = failed + $8,"
             f" updated_at = {_NOW},"
             " input_tokens = LEAST(input_tokens + $9, $13),"
             " output_tokens = LEAST(output_tokens + $10, $13),"
             " cached_tokens = LEAST(cached_tokens + $11, $13),"
-            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13) WHERE id = $1",
+            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13) WHERE id = $1"
+            " RETURNING id),"
+            f" r AS ({_STORE_RESULTS.format(14, 15, 16, 17, 'EXISTS (SELECT 1 FROM b)')})"
+            " SELECT 1",
             batch_id, list(merged), [m[0] for m in merged.values()],
             [m[1] for m in merged.values()], [m[2] for m in merged.values()],
             [bool(m[3]) for m in merged.values()],
             sum(p.completed for p in progress), sum(p.failed for p in progress),
-            *add, MAX_TOKENS, read=False,
+            *add, MAX_TOKENS, *_record_arrays(progress), read=False,
         )
 
     async def _record_fenced(
         self, batch_id: str, progress: Sequence[SliceProgress], merged: dict[int, list[int]],
         add: list[int],
     ) -> None:
-        """``record_progress`` under lease tokens, in one statement: ``held`` locks the
-        slices whose token is still current; only when that is every slice given a token
-        (``ok``) do the slices and the batch change. A claimer that took a slice over
-        first has changed its token, which the lock's re-check sees; one that comes
-        after waits for this statement's commit."""
+        """``record_progress`` under lease tokens, in one statement: ``open`` locks the
+        batch while it is being sent and unclaimed for finalisation, then ``held`` the
+        slices whose token is still current; only when that is the batch and every slice
+        given a token (``ok``) do the slices, the batch and the results change. A
+        claimer that took a slice over or claimed the finalisation first has changed a
+        token, which the lock's re-check sees; one that comes after waits for this
+        statement's commit. The batch is locked first, as ``claim_finalize`` and
+        ``renew_leases`` lock it."""
         tokens: dict[int, int] = {}
         for p in progress:
             if p.token is not None and tokens.setdefault(p.no, p.token) != p.token:
@@ -101,10 +139,12 @@ class WorkVerbs(Verbs):
             "WITH p AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[],"
             "  $5::bigint[], $6::bool[], $14::bigint[])"
             "  AS p (no, committed_bytes, completed, failed, done, token)),"
+            " open AS (SELECT id FROM batches WHERE id = $1 AND fin_token IS NULL"
+            "  AND status = ANY($16::text[]) FOR UPDATE),"
             " held AS (SELECT slices.no FROM slices JOIN p ON slices.no = p.no"
             "  WHERE slices.batch_id = $1 AND slices.lease_token = p.token"
-            "  FOR UPDATE OF slices),"
-            " ok AS (SELECT count(*) = $15 AS ok FROM held),"
+            "  AND EXISTS (SELECT 1 FROM open) FOR UPDATE OF slices),"
+            " ok AS (SELECT count(*) = $15 AND EXISTS (SELECT 1 FROM open) AS ok FROM held),"
             " s AS (UPDATE slices SET committed_bytes = p.committed_bytes,"
             "  completed = slices.completed + p.completed, failed = slices.failed + p.failed,"
             "  done = p.done FROM p, ok WHERE ok.ok AND slices.batch_id = $1"
@@ -116,32 +156,60 @@ class WorkVerbs(Verbs):
             " output_tokens = LEAST(output_tokens + $10, $13),"
             " cached_tokens = LEAST(cached_tokens + $11, $13),"
             " reasoning_tokens = LEAST(reasoning_tokens + $12, $13)"
-            " WHERE id = $1 AND (SELECT ok FROM ok))"
+            " WHERE id = $1 AND (SELECT ok FROM ok)),"
+            f" r AS ({_STORE_RESULTS.format(17, 18, 19, 20, '(SELECT ok FROM ok)')})"
             " SELECT ok FROM ok",
             batch_id, list(merged), [m[0] for m in merged.values()],
             [m[1] for m in merged.values()], [m[2] for m in merged.values()],
             [bool(m[3]) for m in merged.values()],
             sum(p.completed for p in progress), sum(p.failed for p in progress),
-            *add, MAX_TOKENS, [tokens.get(no) for no in merged], len(tokens), read=False,
+            *add, MAX_TOKENS, [tokens.get(no) for no in merged], len(tokens), _SENDING,
+            *_record_arrays(progress), read=False,
         )
         if not row["ok"]:
             raise Fenced(f"Batch {batch_id}: a lease given is no longer held under its"
-                         " token; nothing was recorded.", param="token")
+                         " token, or the batch is no longer being processed (or is being"
+                         " finalised); nothing was recorded.", param="token")
+
+    async def slice_results(
+        self, batch_id: str, *, after: tuple[int, int] | None = None, limit: int = 1000
+    ) -> list[StoredResult]:
+        if limit <= 0:
+            return []
+        if after is None:
+            rows = await self._fetch(
+                f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id = $1"
+                " ORDER BY slice_no, idx LIMIT $2", batch_id, limit)
+        else:
+            rows = await self._fetch(
+                f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id = $1"
+                " AND (slice_no, idx) > ($2, $3) ORDER BY slice_no, idx LIMIT $4",
+                batch_id, after[0], after[1], limit)
+        return [_result(r) for r in rows]
+
+    async def done_indexes(self, batch_id: str, slice_no: int) -> list[int]:
+        rows = await self._fetch(
+            "SELECT idx FROM results WHERE batch_id = $1 AND slice_no = $2 ORDER BY idx",
+            batch_id, slice_no)
+        return [int(r["idx"]) for r in rows]
 
     async def finish(
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
         fin_token: int | None = None, **fields: Any,
     ) -> BatchRecord:
         move = _Move([to], None, fields, fin_token=fin_token)
+        # The batch's results go with the move: its files hold them now.
+        cleared = ("cleared AS (DELETE FROM results WHERE batch_id = $1"
+                   " AND EXISTS (SELECT 1 FROM moved))")
         if not files:
-            return await self._transition(batch_id, move)
+            return await self._transition(batch_id, move, cleared)
         n = len(move.args)
         casts = ("text", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint")
         arrays = ", ".join(f"${n + i + 1}::{t}[]" for i, t in enumerate(casts))
         # A file of that id is replaced, and moves to the end of its list (SQLite's
         # INSERT OR REPLACE gives the new row a new seq too).
         return await self._transition(
-            batch_id, move,
+            batch_id, move, cleared,
             f"published AS (INSERT INTO files ({_FILE_COLUMNS}) SELECT * FROM unnest({arrays})"
             " WHERE EXISTS (SELECT 1 FROM moved) ON CONFLICT (id) DO UPDATE SET"
             " seq = DEFAULT, account = excluded.account, filename = excluded.filename,"
@@ -154,7 +222,7 @@ class WorkVerbs(Verbs):
     # -- leases ---------------------------------------------------------------
 
     async def claim_slices(
-        self, node: str, *, limit: int, lease_seconds: float
+        self, node: str, *, limit: int, lease_seconds: float, batch_id: str | None = None
     ) -> list[Lease]:
         _positive("lease_seconds", lease_seconds)
         if limit <= 0:
@@ -162,17 +230,18 @@ class WorkVerbs(Verbs):
         # SKIP LOCKED: a slice another claimer is taking right now is passed over, not
         # waited for; one taken over since this statement's snapshot fails the re-check
         # of its row (its lease is no longer free) and is left out.
+        only, args = ("", []) if batch_id is None else (" AND b.id = $4", [batch_id])
         rows = await self._fetch(
             "WITH free AS (SELECT s.batch_id, s.no, b.seq FROM slices AS s"
             "  JOIN batches AS b ON b.id = s.batch_id"
-            "  WHERE b.status = 'processing' AND NOT s.done"
+            f"  WHERE b.status = 'processing' AND b.fin_token IS NULL{only} AND NOT s.done"
             f"  AND (s.lease_expires IS NULL OR s.lease_expires <= {_NOW})"
             "  ORDER BY b.seq, s.no LIMIT $2 FOR UPDATE OF s SKIP LOCKED)"
             " UPDATE slices AS s SET lease_token = nextval('lease_tokens'), lease_owner = $1,"
             f" lease_expires = {_NOW} + $3"
             " FROM free WHERE s.batch_id = free.batch_id AND s.no = free.no"
             f" RETURNING free.seq AS batch_seq, {_S_LEASE_COLUMNS}",
-            node, limit, float(lease_seconds), read=False,
+            node, limit, float(lease_seconds), *args, read=False,
         )
         rows.sort(key=lambda r: (r["batch_seq"], r["no"]))
         return [_lease(r) for r in rows]
@@ -183,10 +252,17 @@ class WorkVerbs(Verbs):
         _positive("lease_seconds", lease_seconds)
         if not leases:
             return []
+        # ``open`` share-locks the batches nobody has claimed to finalise: a claim made
+        # meanwhile is waited for and then seen (the lock's re-check), and one made
+        # after waits for this statement (the claim on a cancelling batch looks at the
+        # leases).
         rows = await self._fetch(
-            f"UPDATE slices AS s SET lease_expires = {_NOW} + $4"
+            "WITH open AS (SELECT id FROM batches WHERE id = ANY($1::text[])"
+            "  AND fin_token IS NULL FOR SHARE)"
+            f" UPDATE slices AS s SET lease_expires = {_NOW} + $4"
             " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS l (batch_id, no, token)"
             " WHERE s.batch_id = l.batch_id AND s.no = l.no AND s.lease_token = l.token"
+            " AND s.batch_id IN (SELECT id FROM open)"
             f" RETURNING {_S_LEASE_COLUMNS}",
             *_lease_arrays(leases), float(lease_seconds), read=False,
         )
@@ -209,13 +285,24 @@ class WorkVerbs(Verbs):
         self, batch_id: str, node: str, *, lease_seconds: float
     ) -> int | None:
         _positive("lease_seconds", lease_seconds)
+        # ``b`` locks the batch while its claim is free: of concurrent claimers, the
+        # later ones wait and then see the winner's claim (the lock's re-check). On a
+        # cancelling batch, ``leased`` share-locks the slices that hold a token and
+        # reads their newest expiry, so a renewal under way is waited for and seen.
         row = await self._fetchrow(
-            "UPDATE batches SET fin_token = nextval('lease_tokens'), fin_owner = $2,"
+            "WITH b AS (SELECT id, status, expires_at FROM batches WHERE id = $1"
+            f"  AND (fin_expires IS NULL OR fin_expires <= {_NOW}) FOR UPDATE),"
+            " leased AS (SELECT s.lease_expires FROM slices AS s WHERE s.batch_id = $1"
+            "  AND s.lease_token IS NOT NULL"
+            "  AND EXISTS (SELECT 1 FROM b WHERE b.status = 'cancelling') FOR SHARE OF s)"
+            " UPDATE batches SET fin_token = nextval('lease_tokens'), fin_owner = $2,"
             f" fin_expires = {_NOW} + $3"
-            " WHERE id = $1 AND status = ANY($4::text[])"
-            f" AND (fin_expires IS NULL OR fin_expires <= {_NOW})"
-            " RETURNING fin_token",
-            batch_id, node, float(lease_seconds), sorted(FINALIZING), read=False,
+            " FROM b WHERE batches.id = b.id AND (b.status = 'writing_results'"
+            f"  OR (b.status = 'processing' AND b.expires_at <= {_NOW})"
+            "  OR (b.status = 'cancelling' AND NOT EXISTS (SELECT 1 FROM leased"
+            f"   WHERE lease_expires > {_NOW})))"
+            " RETURNING batches.fin_token",
+            batch_id, node, float(lease_seconds), read=False,
         )
         return None if row is None else int(row["fin_token"])
 
@@ -238,6 +325,34 @@ class WorkVerbs(Verbs):
             node, float(ttl), read=False,
         )
         return int(row["live"])
+
+    async def share_budget(
+        self, node: str, *, ttl: float, want: int, budget: int
+    ) -> tuple[int, int]:
+        _positive("ttl", ttl)
+
+        async def q(conn: Any) -> tuple[int, int]:
+            async with conn.transaction():
+                # One node at a time settles its share: the sum it reads stays true
+                # until it commits.
+                await conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")
+                await conn.execute(
+                    f"DELETE FROM nodes WHERE expires_at <= {_NOW} AND node <> $1", node)
+                row = await conn.fetchrow(
+                    "SELECT coalesce(sum(slots), 0) AS others, count(*) AS live FROM nodes"
+                    " WHERE node <> $1", node)
+                slots = max(0, min(want, budget - int(row["others"])))
+                await conn.execute(
+                    "INSERT INTO nodes (node, started_at, expires_at, slots)"
+                    f" VALUES ($1, {_NOW}, {_NOW} + $2, $3)"
+                    " ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at,"
+                    " slots = excluded.slots,"
+                    " started_at = CASE WHEN nodes.expires_at <= excluded.started_at"
+                    "  THEN excluded.started_at ELSE nodes.started_at END",
+                    node, float(ttl), slots)
+                return slots, int(row["live"]) + 1
+
+        return await self._call(q)
 
     async def leave(self, node: str) -> None:
         await self._fetchrow("DELETE FROM nodes WHERE node = $1", node, read=False)

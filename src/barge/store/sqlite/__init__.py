@@ -3,8 +3,8 @@
 One concept a module: ``store`` (``SQLiteStore``: its connections, writer thread and
 error translation), ``migrations`` (the schema's SQL files, split into statements),
 ``rows`` (columns and rows as records), ``base`` (what every verb shares), and the verbs
-by domain: ``files``, ``batches``, ``work`` (slices, progress, leases, finalisation,
-nodes) and ``access`` (keys and roles).
+by domain: ``files``, ``batches``, ``work`` (slices, progress and results, leases,
+finalisation, nodes) and ``access`` (keys, roles and shared secrets).
 """
 
 from barge.store.rows import _BATCH_COLUMNS as _BATCH_COLUMNS

@@ -1,4 +1,5 @@
-"""The SQLite verbs on access: API keys and roles."""
+"""The SQLite verbs on access: API keys, roles, the secrets nodes share, and names used
+once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import orjson
 from barge.domain.models import KeyRecord, Principal
 from barge.domain.permissions import Role, make_role
 from barge.exceptions import Conflict, NotFound
+from barge.store.protocol import USE_ONCE_SLACK
 from barge.store.sqlite.base import Verbs
+
+# Most expired ``used_once`` rows one ``use_once`` call purges.
+PURGE_LIMIT = 100
 
 
 class AccessVerbs(Verbs):
@@ -95,6 +100,38 @@ class AccessVerbs(Verbs):
 
         return await self._read(q)
 
+    # -- secrets --------------------------------------------------------------
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        def q(db: sqlite3.Connection) -> str:
+            # One write job: no other writer, of this store or another on the file, comes
+            # between the insert and the read.
+            db.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?,?)",
+                       (name, candidate))
+            return str(db.execute("SELECT value FROM secrets WHERE name=?",
+                                  (name,)).fetchone()[0])
+
+        return await self._run(q)
+
+    async def use_once(self, key: str, *, expires_at: int) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            # One write job, as in shared_secret: no other writer comes between the read
+            # and the insert. A row past its time counts as unused, and is purged.
+            cutoff = int(time.time()) - USE_ONCE_SLACK
+            db.execute(
+                "DELETE FROM used_once WHERE name IN (SELECT name FROM used_once"
+                " WHERE expires_at < ? AND name <> ? ORDER BY expires_at LIMIT ?)",
+                (cutoff, key, PURGE_LIMIT),
+            )
+            row = db.execute("SELECT expires_at FROM used_once WHERE name=?",
+                             (key,)).fetchone()
+            if row is not None and row[0] >= cutoff:
+                return False
+            db.execute("INSERT OR REPLACE INTO used_once (name, expires_at) VALUES (?,?)",
+                       (key, int(expires_at)))
+            return True
+
+        return await self._run(q)
 
 def _role(row: sqlite3.Row) -> Role:
     return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))

@@ -154,6 +154,7 @@ class BatchVerbs(Verbs):
             for file_id in (b.output_file_id, b.error_file_id):
                 if file_id is not None:
                     db.execute("DELETE FROM files WHERE id=?", (file_id,))
+            db.execute("DELETE FROM results WHERE batch_id=?", (batch_id,))
             db.execute("DELETE FROM batches WHERE id=?", (batch_id,))
 
         await self._run(q)

@@ -1,5 +1,6 @@
-"""The SQLite verbs on a batch's work: its slices and their progress, the leases nodes
-hold on slices and on finalisation, finishing, and the nodes' heartbeats."""
+"""The SQLite verbs on a batch's work: its slices, their progress and the results it
+stores, the leases nodes hold on slices and on finalisation, finishing, and the nodes'
+heartbeats."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from barge.domain.models import BatchRecord, FileRecord, Slice
 from barge.domain.status import Status
 from barge.domain.usage import MAX_TOKENS, NO_USAGE
 from barge.exceptions import Fenced
-from barge.store.protocol import FINALIZING, Lease, SliceProgress
-from barge.store.rows import _FILE_COLUMNS, _LEASE_COLUMNS, _SLICE_COLUMNS, _lease, _slice, _tokens
+from barge.store.protocol import Lease, SliceProgress, StoredResult
+from barge.store.rows import (
+    _FILE_COLUMNS,
+    _LEASE_COLUMNS,
+    _RESULT_COLUMNS,
+    _SLICE_COLUMNS,
+    _lease,
+    _result,
+    _slice,
+    _tokens,
+)
 from barge.store.sqlite.base import Verbs
 
 
@@ -29,9 +39,15 @@ def _next_tokens(db: sqlite3.Connection, n: int) -> range:
     return range(last - n + 1, last + 1)
 
 
+# Statuses in which fenced progress is accepted: the batch's requests are being sent, or
+# drained after a cancel.
+_SENDING = ("processing", "cancel", "cancelling")
+
+
 def _check_fence(db: sqlite3.Connection, batch_id: str,
                  progress: Sequence[SliceProgress]) -> None:
-    """Raise Fenced unless every token given in ``progress`` is its slice's current one."""
+    """Raise Fenced unless every token given in ``progress`` is its slice's current one,
+    the batch is still being sent (``_SENDING``) and nobody has claimed to finalise it."""
     wanted: dict[int, int] = {}
     for p in progress:
         if p.token is None:
@@ -41,6 +57,11 @@ def _check_fence(db: sqlite3.Connection, batch_id: str,
                          param="token")
     if not wanted:
         return
+    batch = db.execute("SELECT status, fin_token FROM batches WHERE id=?",
+                       (batch_id,)).fetchone()
+    if batch is None or batch["status"] not in _SENDING or batch["fin_token"] is not None:
+        raise Fenced(f"Batch {batch_id} is no longer being processed (or is being"
+                     " finalised); nothing was recorded.", param="token")
     current = dict(db.execute(
         f"SELECT no, lease_token FROM slices WHERE batch_id=?"
         f" AND no IN ({','.join('?' * len(wanted))})",
@@ -82,7 +103,7 @@ class WorkVerbs(Verbs):
             # upstream reports can never make this statement fail and wedge the batch.
             add = [_tokens(n) for n in (usage.input_tokens, usage.output_tokens,
                                          usage.cached_tokens, usage.reasoning_tokens)]
-            db.execute(
+            counted = db.execute(
                 "UPDATE batches SET completed=completed+?, failed=failed+?, updated_at=?,"
                 " input_tokens=MIN(input_tokens+?, ?), output_tokens=MIN(output_tokens+?, ?),"
                 " cached_tokens=MIN(cached_tokens+?, ?),"
@@ -90,9 +111,44 @@ class WorkVerbs(Verbs):
                 (sum(p.completed for p in progress), sum(p.failed for p in progress),
                  time.time(), add[0], MAX_TOKENS, add[1], MAX_TOKENS, add[2], MAX_TOKENS,
                  add[3], MAX_TOKENS, batch_id),
-            )
+            ).rowcount
+            if counted:  # the batch exists: its results are kept with its counts
+                db.executemany(
+                    "INSERT OR REPLACE INTO results (batch_id, slice_no, idx, ok, line)"
+                    " VALUES (?,?,?,?,?)",
+                    [(batch_id, p.no, idx, int(ok), line)
+                     for p in progress for idx, ok, line in p.records],
+                )
 
         await self._run(q)
+
+    async def slice_results(
+        self, batch_id: str, *, after: tuple[int, int] | None = None, limit: int = 1000
+    ) -> list[StoredResult]:
+        if limit <= 0:
+            return []
+
+        def q(db: sqlite3.Connection) -> list[StoredResult]:
+            if after is None:
+                rows = db.execute(
+                    f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id=?"
+                    " ORDER BY slice_no, idx LIMIT ?", (batch_id, limit))
+            else:
+                rows = db.execute(
+                    f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id=?"
+                    " AND (slice_no, idx) > (?, ?) ORDER BY slice_no, idx LIMIT ?",
+                    (batch_id, *after, limit))
+            return [_result(r) for r in rows.fetchall()]
+
+        return await self._read(q)
+
+    async def done_indexes(self, batch_id: str, slice_no: int) -> list[int]:
+        def q(db: sqlite3.Connection) -> list[int]:
+            rows = db.execute("SELECT idx FROM results WHERE batch_id=? AND slice_no=?"
+                              " ORDER BY idx", (batch_id, slice_no)).fetchall()
+            return [int(r[0]) for r in rows]
+
+        return await self._read(q)
 
     async def finish(
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
@@ -112,6 +168,7 @@ class WorkVerbs(Verbs):
                      f.expires_at, f.lines),
                 )
             b = self._transition(db, batch_id, to, None, fields)
+            db.execute("DELETE FROM results WHERE batch_id=?", (batch_id,))
             return b
 
         return await self._run(q)
@@ -122,7 +179,7 @@ class WorkVerbs(Verbs):
     # the write it guards see the same rows.
 
     async def claim_slices(
-        self, node: str, *, limit: int, lease_seconds: float
+        self, node: str, *, limit: int, lease_seconds: float, batch_id: str | None = None
     ) -> list[Lease]:
         _positive("lease_seconds", lease_seconds)
         if limit <= 0:
@@ -130,12 +187,13 @@ class WorkVerbs(Verbs):
 
         def q(db: sqlite3.Connection) -> list[Lease]:
             now = time.time()
+            only = "" if batch_id is None else " AND b.id = ?"
             free = db.execute(
                 "SELECT s.batch_id, s.no FROM slices AS s JOIN batches AS b ON b.id = s.batch_id"
-                " WHERE b.status = 'processing' AND s.done = 0"
+                f" WHERE b.status = 'processing' AND b.fin_token IS NULL{only} AND s.done = 0"
                 " AND (s.lease_expires IS NULL OR s.lease_expires <= ?)"
                 " ORDER BY b.seq, s.no LIMIT ?",
-                (now, limit),
+                (*(() if batch_id is None else (batch_id,)), now, limit),
             ).fetchall()
             if not free:
                 return []
@@ -166,7 +224,8 @@ class WorkVerbs(Verbs):
             for lease in leases:
                 cur = db.execute(
                     "UPDATE slices SET lease_expires=? WHERE batch_id=? AND no=?"
-                    " AND lease_token=?",
+                    " AND lease_token=? AND NOT EXISTS (SELECT 1 FROM batches"
+                    "  WHERE id = slices.batch_id AND fin_token IS NOT NULL)",
                     (expires, lease.batch_id, lease.slice_no, lease.token),
                 )
                 if cur.rowcount:
@@ -198,12 +257,22 @@ class WorkVerbs(Verbs):
         def q(db: sqlite3.Connection) -> int | None:
             now = time.time()
             row = db.execute(
-                "SELECT 1 FROM batches WHERE id=?"
-                f" AND status IN ({','.join('?' * len(FINALIZING))})"
+                "SELECT status, expires_at FROM batches WHERE id=?"
                 " AND (fin_expires IS NULL OR fin_expires <= ?)",
-                (batch_id, *sorted(FINALIZING), now),
+                (batch_id, now),
             ).fetchone()
             if row is None:
+                return None
+            status = row["status"]
+            if status == Status.PROCESSING:
+                free = row["expires_at"] <= now  # expired: it is to be expired
+            elif status == Status.CANCELLING:  # once no slice is held any more
+                free = db.execute(
+                    "SELECT 1 FROM slices WHERE batch_id=? AND lease_token IS NOT NULL"
+                    " AND lease_expires > ? LIMIT 1", (batch_id, now)).fetchone() is None
+            else:
+                free = status == Status.WRITING_RESULTS
+            if not free:
                 return None
             (token,) = _next_tokens(db, 1)
             db.execute("UPDATE batches SET fin_token=?, fin_owner=?, fin_expires=? WHERE id=?",
@@ -229,6 +298,30 @@ class WorkVerbs(Verbs):
             )
             return int(db.execute("SELECT count(*) FROM nodes WHERE expires_at > ?",
                                   (now,)).fetchone()[0])
+
+        return await self._run(q)
+
+    async def share_budget(
+        self, node: str, *, ttl: float, want: int, budget: int
+    ) -> tuple[int, int]:
+        _positive("ttl", ttl)
+
+        def q(db: sqlite3.Connection) -> tuple[int, int]:
+            now = time.time()
+            db.execute("DELETE FROM nodes WHERE expires_at <= ? AND node <> ?", (now, node))
+            others, live = db.execute(
+                "SELECT coalesce(sum(slots), 0), count(*) FROM nodes WHERE node <> ?",
+                (node,)).fetchone()
+            slots = max(0, min(want, budget - int(others)))
+            db.execute(
+                "INSERT INTO nodes (node, started_at, expires_at, slots) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at,"
+                " slots = excluded.slots,"
+                " started_at = CASE WHEN nodes.expires_at <= excluded.started_at"
+                "  THEN excluded.started_at ELSE nodes.started_at END",
+                (node, now, now + ttl, slots),
+            )
+            return slots, int(live) + 1
 
         return await self._run(q)
 
