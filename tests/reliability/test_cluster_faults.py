@@ -204,3 +204,28 @@ def test_cancel_reaches_work_on_every_node(cluster: Cluster) -> None:
                 lines += 1
                 seen.add(line.split(b'"custom_id":"', 1)[1].split(b'"', 1)[0].decode())
     assert lines == len(seen) == c.completed + c.failed
+
+
+def test_a_window_that_ends_expires_the_batch_on_every_node(cluster: Cluster) -> None:
+    b = cluster.submit(3000, "exp", window="4s")
+    final = cluster.wait(b.id, timeout=60)
+    cluster.check_exactly_once(final, 3000, "exp", status="expired")
+    c = final.request_counts
+    assert c is not None and 0 < c.completed < 3000  # some ran, the rest expired
+    assert final.error_file_id is not None
+    errors = cluster.api().files.content(final.error_file_id).read()
+    assert errors.count(b'"batch_expired"') == 3000 - c.completed
+
+
+def test_a_finished_batch_deleted_through_the_api_node(cluster: Cluster) -> None:
+    b = cluster.submit(200, "del")
+    final = cluster.wait(b.id)
+    cluster.check_exactly_once(final, 200, "del")
+    client = cluster.api()
+    r = httpx.delete(f"{cluster.nodes['api'].base_url}/batches/{b.id}", timeout=30,
+                     headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200 and r.json()["deleted"] is True, r.text
+    with pytest.raises(Exception, match="404|No such"):
+        client.files.content(final.output_file_id or "")
+    with pytest.raises(Exception, match="404|No such"):
+        client.batches.retrieve(b.id)
