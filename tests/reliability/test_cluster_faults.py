@@ -129,6 +129,9 @@ def test_postgres_restarted_mid_batch(cluster: Cluster, upstream: UpstreamServer
     cluster.check_exactly_once(final, 2000, "pg")
     for name, proc in cluster.nodes.items():
         assert proc.proc is not None and proc.proc.poll() is None, f"{name} died"
+    # The workers said, in one line, that they wait for the database to come back.
+    assert any("waiting for storage to come back" in cluster.nodes[w].log()
+               for w in ("w1", "w2", "w3"))
 
 
 def test_object_store_503s_and_slowness(cluster: Cluster, upstream: UpstreamServer) -> None:
