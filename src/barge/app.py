@@ -18,7 +18,7 @@ from barge.api.auth import Authenticator
 from barge.blobs.local import LocalBlobs
 from barge.blobs.protocol import Blobs
 from barge.engine.dispatch import Dispatcher, RetryPolicy
-from barge.engine.limiter import AdaptiveLimiter
+from barge.engine.router import Route, Router
 from barge.engine.runner import Engine
 from barge.exceptions import BargeError, BlobsUnavailable, StoreUnavailable
 from barge.settings import Settings
@@ -193,19 +193,28 @@ class App:
         self.node = node_name(settings)
         self.store = make_store(settings)
         self.blobs = make_blobs(settings)
-        self.upstream_health = UpstreamHealth(settings.upstream)
-        self.client = WatchedUpstreamClient(
-            self.upstream_health,
-            settings.upstream,
-            api_key=settings.upstream_api_key,
-            timeout=settings.upstream_timeout,
-            max_connections=settings.upstream_concurrency,
-            max_response_bytes=settings.max_response_bytes,
-        )
+        routes: list[Route] = []
+        self.upstream_healths: list[UpstreamHealth] = []
+        self._probes: list[UpstreamProbe] = []
+        for spec in settings.upstream_specs:
+            health = UpstreamHealth(spec.url)
+            client = WatchedUpstreamClient(
+                health,
+                spec.url,
+                api_key=spec.api_key,
+                timeout=settings.upstream_timeout,
+                max_connections=spec.concurrency,
+                max_response_bytes=settings.max_response_bytes,
+            )
+            routes.append(Route(spec, client, max_cooldown=settings.backoff_max))
+            self.upstream_healths.append(health)
+            self._probes.append(UpstreamProbe(health, spec.url, spec.api_key,
+                                              settings.upstream_probe_interval))
+        self.upstream_health = self.upstream_healths[0]  # the first (or only) upstream
+        self.router = Router(routes)
         self.dispatcher = Dispatcher(
-            self.client,
+            self.router,
             RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max),
-            AdaptiveLimiter(settings.upstream_concurrency),
         )
         self.engine = (
             Engine(self.store, self.blobs, self.dispatcher, settings,
@@ -219,8 +228,11 @@ class App:
             self._signing_secret = load_signing_secret(settings.data_dir,
                                                        settings.signing_secret)
         self._lock: TextIO | None = None
-        self._probe = UpstreamProbe(self.upstream_health, settings.upstream,
-                                    settings.upstream_api_key, settings.upstream_probe_interval)
+
+    def upstreams_json(self) -> list[dict[str, object]]:
+        """Each upstream for /healthz: reachable or not, and whether it is in rotation."""
+        return [{"name": r.name, **h.as_json(), "in_rotation": not r.breaker.opened}
+                for r, h in zip(self.router.routes, self.upstream_healths, strict=True)]
 
     @property
     def signing_secret(self) -> str:
@@ -244,8 +256,10 @@ class App:
             await self.store.close()
             self._release_lock()
             raise
-        await self.client.open()
-        self._probe.start()
+        for route in self.router.routes:
+            await route.client.open()
+        for probe in self._probes:
+            probe.start()
         if self.engine is not None:
             await self.engine.start()
         s = self.settings
@@ -268,8 +282,10 @@ class App:
     ) -> None:
         if self.engine is not None:
             await self.engine.stop(self.settings.shutdown_grace)
-        await self._probe.stop()
-        await self.client.close()
+        for probe in self._probes:
+            await probe.stop()
+        for route in self.router.routes:
+            await route.client.close()
         await self.store.close()
         self._release_lock()
 

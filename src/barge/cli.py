@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from barge.exceptions import BargeError
 from barge.keys import create_key
@@ -48,6 +49,11 @@ def server_options(f: F) -> F:
         click.option("--upstream", default=d.upstream, show_default=True,
                      envvar="BARGE_UPSTREAM", show_envvar=True,
                      help="Base URL of the OpenAI-compatible upstream, ending in /v1."),
+        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, envvar="BARGE_CONFIG", show_envvar=True,
+                     help="A TOML file listing the upstreams, one [[upstream]] table each "
+                          "(name, url, models, api_key_env, concurrency, ...); it replaces "
+                          "--upstream, --upstream-api-key and --upstream-concurrency."),
         click.option("--upstream-probe-interval", type=click.FloatRange(0.0),
                      default=d.upstream_probe_interval, show_default=True,
                      envvar="BARGE_UPSTREAM_PROBE_INTERVAL", show_envvar=True,
@@ -174,15 +180,40 @@ def shared_options(f: F) -> F:
     return f
 
 
+def _upstream_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The Settings fields about upstreams: from ``--config`` when given (a file that
+    cannot be used is a BargeError), else from the ``--upstream*`` flags."""
+    config: Path | None = options.get("config")
+    if config is None:
+        return {"upstream": options["upstream"],
+                "upstream_api_key": options["upstream_api_key"],
+                "upstream_concurrency": options["upstream_concurrency"]}
+    from barge.upstreams.config import load_config
+
+    specs = load_config(config)
+    ctx = click.get_current_context(silent=True)
+    explicit = [
+        f"--{name.replace('_', '-')}"
+        for name in ("upstream", "upstream_api_key", "upstream_concurrency")
+        if ctx is not None and ctx.get_parameter_source(name) in (
+            ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    ]
+    if explicit:
+        logging.getLogger("barge").warning(
+            "--config %s lists the upstreams: %s ignored", config, ", ".join(explicit))
+    return {"upstreams": specs,
+            "upstream": specs[0].url,
+            "upstream_api_key": specs[0].api_key,
+            "upstream_concurrency": sum(spec.concurrency for spec in specs)}
+
+
 def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
     return Settings(
         data_dir=options["data_dir"],
         host=options["host"],
         port=options["port"],
-        upstream=options["upstream"],
-        upstream_api_key=options["upstream_api_key"],
+        **_upstream_settings(options),
         upstream_probe_interval=options["upstream_probe_interval"],
-        upstream_concurrency=options["upstream_concurrency"],
         upstream_timeout=options["upstream_timeout"],
         max_attempts=options["max_attempts"],
         backoff_base=options["backoff_base"],

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from barge.upstreams.config import UpstreamSpec, single_upstream
+
 DEFAULT_ENDPOINTS = (
     "/v1/chat/completions",
     "/v1/completions",
@@ -19,7 +21,9 @@ class Settings:
     data_dir: Path = Path("./barge-data")
     host: str = "127.0.0.1"
     port: int = 8080
-    # Upstream: a base URL ending in /v1, and what governs calls to it.
+    # Upstream: a base URL ending in /v1, and what governs calls to it. With a config
+    # file (``upstreams``), ``upstream`` and ``upstream_api_key`` are its first
+    # upstream's, and ``upstream_concurrency`` the sum of their concurrencies.
     upstream: str = "http://127.0.0.1:8000/v1"
     upstream_api_key: str | None = None
     upstream_concurrency: int = 128
@@ -28,6 +32,8 @@ class Settings:
     backoff_base: float = 0.5  # seconds; the cap grows as base * 2**attempt
     backoff_max: float = 60.0
     upstream_probe_interval: float = 15.0  # seconds between GET {upstream}/models; 0: never
+    # The upstreams of a config file (--config); empty: the one ``upstream`` above.
+    upstreams: tuple[UpstreamSpec, ...] = ()
     max_response_bytes: int = 64 * 1024 * 1024  # one upstream answer, after decompression
     # What a batch may be.
     endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
@@ -65,6 +71,14 @@ class Settings:
     blob_url: str | None = None  # s3://bucket/prefix; endpoint and keys from AWS_*
     lease_seconds: float = 30.0  # how long a node's claim on work lasts unrenewed
     node_name: str | None = None  # None: hostname-pid-<4 random hex>, made by the App
+
+    @property
+    def upstream_specs(self) -> tuple[UpstreamSpec, ...]:
+        """Every upstream: the config file's, or the one ``--upstream`` names (serving
+        every model)."""
+        return self.upstreams or (
+            single_upstream(self.upstream, self.upstream_api_key, self.upstream_concurrency),
+        )
 
     @property
     def shared(self) -> bool:

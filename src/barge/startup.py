@@ -22,7 +22,8 @@ log = logging.getLogger("barge")
 def check_settings(settings: Settings) -> None:
     """Raise BargeError naming the first setting that cannot work; log the doubtful."""
     check_signing_secret(settings.signing_secret)
-    check_upstream(settings.upstream)
+    if not settings.upstreams:  # a config file's upstreams were checked as it was read
+        check_upstream(settings.upstream)
     check_shared(settings)
     bad = [w for w in settings.completion_windows if window_seconds(w) is None]
     if bad or not settings.completion_windows:
@@ -77,9 +78,10 @@ def check_database_url(url: str) -> None:
         )
 
 
-def check_upstream(url: str) -> None:
+def check_upstream(url: str, *, what: str = "--upstream / BARGE_UPSTREAM") -> None:
     """An http(s) URL with a host, else BargeError; a path not ending in /v1 is allowed
-    (some servers mount the API elsewhere) but logged, since it is usually a mistake."""
+    (some servers mount the API elsewhere) but logged, since it is usually a mistake.
+    ``what`` names where the URL came from, in both."""
     problem = None
     try:
         parts = urlsplit(url)
@@ -93,13 +95,13 @@ def check_upstream(url: str) -> None:
             problem = "it names no host"
     if problem is not None:
         raise BargeError(
-            f"--upstream / BARGE_UPSTREAM must be an http:// or https:// URL with a host, "
+            f"{what} must be an http:// or https:// URL with a host, "
             f"like http://127.0.0.1:8000/v1; got {url!r} ({problem})."
         )
     if not parts.path.rstrip("/").endswith("/v1"):
         log.warning(
-            "--upstream %s does not end in /v1: a batch's /v1/chat/completions requests go "
-            "to %s", url, join_url(url, "/v1/chat/completions"),
+            "%s %s does not end in /v1: a batch's /v1/chat/completions requests go "
+            "to %s", what, url, join_url(url, "/v1/chat/completions"),
         )
 
 

@@ -27,6 +27,7 @@ def create_worker_app(settings: Settings) -> Starlette:
         # apart. A worker also says which node it is.
         app: App = request.app.state.barge
         return JSON({"status": "ok", "node": app.node, "role": "worker",
-                     "upstream": app.upstream_health.as_json()})
+                     "upstream": app.upstream_health.as_json(),
+                     "upstreams": app.upstreams_json()})
 
     return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)

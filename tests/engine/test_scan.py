@@ -10,6 +10,7 @@ import pytest
 
 from barge.domain.validation import LineCodes
 from barge.engine.scan import MAX_REPORTED_ERRORS, ScanResult, scan_input
+from barge.upstreams.config import UpstreamSpec, serves_any
 
 CHAT = "/v1/chat/completions"
 
@@ -225,3 +226,46 @@ def test_a_bom_alone_is_an_empty_file(tmp_path: Path, data: bytes) -> None:
     path.write_bytes(data)
     result = scan(path)
     assert [(e.code, e.line) for e in result.errors] == [(LineCodes.EMPTY_FILE, None)]
+
+
+# -- models no upstream serves ------------------------------------------------------------
+
+
+def test_a_model_no_upstream_serves_fails_its_lines(tmp_path: Path) -> None:
+    specs = (UpstreamSpec(name="a", url="http://a/v1", models=("a-*",)),
+             UpstreamSpec(name="b", url="http://b/v1", models=("b",)))
+    asked: list[str] = []
+
+    def serves(model: str) -> bool:
+        asked.append(model)
+        return serves_any(specs, model)
+
+    path = tmp_path / "in.jsonl"
+    lines = [req("r1", "a-1"), req("r2", "c"), req("r3", "b"), b"", req("r5", "c"),
+             req("r6", "a-2"), req("r2", "c"), b"{bad", req("r9", "a-1")]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = scan_input(path, batch_id="batch_t", endpoint=CHAT, max_requests=100,
+                        max_bytes=1 << 20, slice_lines=3, serves=serves)
+    # A duplicate (line 7) and a bad line (8) are their own errors, not model_not_found.
+    assert [(e.code, e.line) for e in result.errors] == [
+        (LineCodes.MODEL_NOT_FOUND, 2), (LineCodes.MODEL_NOT_FOUND, 5),
+        (LineCodes.DUPLICATE_CUSTOM_ID, 7), (LineCodes.INVALID_JSON, 8),
+    ]
+    miss = result.errors[0]
+    assert miss.code == "model_not_found"
+    assert miss.message == "No upstream serves the model 'c'."
+    assert miss.param == "body.model"
+    assert miss.as_dict()["line"] == 2
+    assert sorted(asked) == ["a-1", "a-2", "b", "c"]  # once per model name
+    assert result.total == 8
+    check_slices(path, result, 3)
+
+
+def test_without_serves_every_model_passes(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(req("r1", "anything") + b"\n" + req("r2", "else") + b"\n")
+    result = scan(path)
+    assert result.errors == [] and result.model == "anything"
+    result = scan_input(path, batch_id="batch_t", endpoint=CHAT, max_requests=100,
+                        max_bytes=1 << 20, slice_lines=3, serves=lambda m: m == "else")
+    assert [(e.code, e.line) for e in result.errors] == [(LineCodes.MODEL_NOT_FOUND, 1)]

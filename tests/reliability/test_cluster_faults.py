@@ -228,7 +228,7 @@ def test_a_finished_batch_deleted_through_the_api_node(cluster: Cluster) -> None
     r = httpx.delete(f"{cluster.nodes['api'].base_url}/batches/{b.id}", timeout=30,
                      headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert r.status_code == 200 and r.json()["deleted"] is True, r.text
-    with pytest.raises(Exception, match="404|No such"):
+    with pytest.raises(Exception, match=r"404|No such"):
         client.files.content(final.output_file_id or "")
-    with pytest.raises(Exception, match="404|No such"):
+    with pytest.raises(Exception, match=r"404|No such"):
         client.batches.retrieve(b.id)

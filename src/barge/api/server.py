@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> JSON:
         # 200 whenever Barge itself serves; whether the upstream answers is told apart.
         app: App = web.state.barge
-        return JSON({"status": "ok", "upstream": app.upstream_health.as_json()})
+        return JSON({"status": "ok", "upstream": app.upstream_health.as_json(),
+                     "upstreams": app.upstreams_json()})
 
     return web

@@ -31,6 +31,7 @@ class LineCodes:
     INVALID_URL = "invalid_url"
     INVALID_BODY = "invalid_body"
     MISSING_MODEL = "missing_model"
+    MODEL_NOT_FOUND = "model_not_found"  # no upstream serves the line's model
     TOO_MANY_REQUESTS = "too_many_requests"
     FILE_TOO_LARGE = "file_too_large"
     EMPTY_FILE = "empty_file"

@@ -8,29 +8,33 @@ requests in flight fit under what it keeps, and its limiter runs under what it h
 so the requests in flight never exceed the budget either — not while a node joins, not
 while one leaves. A node that dies gives its slots back when its row expires (after
 ``ttl``); one that cannot renew its row in time (frozen, or cut off from the store)
-stops sending on its own before then (``AdaptiveLimiter.set_share``)."""
+stops sending on its own before then (``AdaptiveLimiter.set_share``).
+
+With several upstreams the slots are of their summed budgets, and each upstream gets its
+part of a node's slots in proportion to its own budget (rounded down), so no upstream
+sees more than its own budget either; a node keeps enough slots for the upstream whose
+requests in flight need the most of them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
-from barge.engine.limiter import AdaptiveLimiter
+from barge.engine.router import Router
 from barge.store.protocol import Store
 
 log = logging.getLogger("barge.budget")
 
 
 class SharedBudget:
-    def __init__(
-        self, store: Store, node: str, limiter: AdaptiveLimiter, *, budget: int, ttl: float
-    ) -> None:
+    def __init__(self, store: Store, node: str, router: Router, *, ttl: float) -> None:
         self._store = store
         self._node = node
-        self._limiter = limiter
-        self._budget = budget
+        self._router = router
+        self._budget = sum(r.spec.concurrency for r in router.routes)
         self._ttl = ttl
         self._held = 0
         self._live = 1
@@ -42,7 +46,7 @@ class SharedBudget:
         return min(2.0, self._ttl / 6)
 
     async def start(self) -> None:
-        self._limiter.set_share(0, valid_for=self._ttl)  # nothing until granted
+        self._apply(0, self._ttl)  # nothing until granted
         await self.refresh()
         self._task = asyncio.create_task(self._loop(), name="barge-budget")
 
@@ -57,7 +61,7 @@ class SharedBudget:
         """Renew this node's row and settle its share."""
         target = self._budget // max(1, self._live)
         # Keep slots that requests in flight still use; give back the rest.
-        want = target if self._held <= target else max(target, self._limiter.in_flight)
+        want = target if self._held <= target else max(target, self._in_use())
         started = time.monotonic()
         try:
             held, live = await self._store.share_budget(
@@ -74,8 +78,18 @@ class SharedBudget:
                      self._budget, live)
         self._held, self._live = held, live
         # Valid until the row could have expired, less a margin for the clocks.
-        self._limiter.set_share(held, valid_for=self._ttl * 2 / 3 - (time.monotonic()
-                                                                     - started))
+        self._apply(held, self._ttl * 2 / 3 - (time.monotonic() - started))
+
+    def _in_use(self) -> int:
+        """The fewest slots whose parts cover every upstream's requests in flight."""
+        return max(math.ceil(r.limiter.in_flight * self._budget / r.spec.concurrency)
+                   for r in self._router.routes)
+
+    def _apply(self, held: int, valid_for: float) -> None:
+        for route, share in zip(self._router.routes, self._router.shares(held, self._budget),
+                                strict=True):
+            route.limiter.set_share(share, valid_for=valid_for)
+        self._router.poke()
 
     async def _loop(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from barge.domain.results import ResultCodes, error_line, json_fragment, output_
 from barge.domain.usage import NO_USAGE, Usage, usage_of
 from barge.engine.limiter import AdaptiveLimiter, Outcome
 from barge.engine.retry import backoff, is_retryable_status, retry_after
+from barge.engine.router import NoRoute, Route, Router
 from barge.exceptions import UpstreamError
 from barge.upstreams.client import (
     Reply,
@@ -25,6 +26,7 @@ from barge.upstreams.client import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from barge.upstreams.config import UpstreamSpec
 
 log = logging.getLogger("barge.dispatch")
 
@@ -144,6 +146,14 @@ def _request_id(headers: Mapping[str, str]) -> str:
     return rid
 
 
+def _for_route(route: Route, body: bytes, line: dict[str, Any], model: str) -> bytes:
+    """The body as ``route`` gets it: with its name for the model, where it has one."""
+    outgoing = route.spec.outgoing_model(model)
+    if outgoing == model:
+        return body
+    return orjson.dumps({**line["body"], "model": outgoing})
+
+
 OVERLOAD_STATUSES = frozenset({429, 503})  # answers that mean "send me less"
 MAX_RETRY_AFTER = 600.0  # seconds: the longest Retry-After honoured
 DOWN_LOG_INTERVAL = 30.0  # seconds between "upstream unreachable" log lines
@@ -162,13 +172,25 @@ async def _pause(seconds: float, stopping: Callable[[], bool]) -> bool:
 
 
 class Dispatcher:
+    """Sends request lines through ``router`` (or, given a client and a limiter, to that
+    one upstream, serving every model)."""
+
     def __init__(
-        self, client: UpstreamClient, policy: RetryPolicy, limiter: AdaptiveLimiter
+        self, router: Router | UpstreamClient, policy: RetryPolicy,
+        limiter: AdaptiveLimiter | None = None,
     ) -> None:
-        self._client = client
+        if not isinstance(router, Router):
+            spec = UpstreamSpec("default", router.base_url, concurrency=limiter.maximum
+                                if limiter is not None else 128)
+            router = Router([Route(spec, router, limiter, max_cooldown=policy.backoff_max)])
+        self.router = router
         self._policy = policy
-        self.limiter = limiter
         self._down_logged_at = -DOWN_LOG_INTERVAL
+
+    @property
+    def limiter(self) -> AdaptiveLimiter:
+        """The first upstream's limiter (the only one, with a single upstream)."""
+        return self.router.routes[0].limiter
 
     async def execute(self, raw: bytes, stopping: Callable[[], bool]) -> Result | None:
         """The result of one validated input line, or None when the batch stopped
@@ -187,20 +209,40 @@ class Dispatcher:
     ) -> Result | None:
         endpoint: str = line["url"]
         body = _request_body(raw, line)
+        model = str(line["body"].get("model", ""))
         policy = self._policy
         attempt = 0
         unreachable = 0
+        avoid: Route | None = None
         while True:
             attempt += 1
             last_try = attempt >= policy.max_attempts
             wait: float | None = None
             try:
-                reply = await self._send(endpoint, body)
-            except UpstreamUnreachable as e:
-                # Nothing was sent: the request waits for the upstream without using its
-                # attempts, until it comes back or the batch stops (expiry, cancel).
+                route, granted = await self.router.acquire(model, avoid)
+            except NoRoute:
+                # Every upstream of the model is out of rotation: wait for one to come
+                # back, without using an attempt (its half-open probe decides).
                 attempt -= 1
                 unreachable += 1
+                self._log_down(UpstreamUnreachable(
+                    f"No upstream serving '{model}' is in rotation"))
+                delay = backoff(unreachable, base=policy.backoff_base, cap=policy.backoff_max)
+                if not await _pause(max(delay, policy.backoff_base / 2), stopping):
+                    return None
+                continue
+            try:
+                reply = await self._send(route, granted, endpoint,
+                                         _for_route(route, body, line, model))
+            except UpstreamUnreachable as e:
+                # Nothing was sent: the request goes to another replica, or waits for
+                # this one, without using its attempts, until one answers or the batch
+                # stops (expiry, cancel).
+                attempt -= 1
+                unreachable += 1
+                avoid = route
+                if len(self.router.for_model(model)) > 1:
+                    continue  # straight to another replica (acquire passes this one over)
                 self._log_down(e)
                 delay = backoff(unreachable, base=policy.backoff_base, cap=policy.backoff_max)
                 if not await _pause(max(delay, policy.backoff_base / 2), stopping):
@@ -227,20 +269,26 @@ class Dispatcher:
             if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
                 return None
 
-    async def _send(self, endpoint: str, body: bytes) -> Reply:
-        """One attempt, inside a slot of the adaptive limit, telling it how it went."""
-        granted = await self.limiter.acquire()
+    async def _send(self, route: Route, granted: int, endpoint: str, body: bytes) -> Reply:
+        """One attempt, in a slot of the route's adaptive limit, telling the limit and
+        the route's breaker how it went."""
         outcome = Outcome.IGNORE
+        healthy: bool | None = None
         try:
-            reply = await self._client.send(endpoint, body)
+            reply = await route.client.send(endpoint, body)
             overloaded = reply.status in OVERLOAD_STATUSES
             outcome = Outcome.OVERLOAD if overloaded else Outcome.SUCCESS
+            healthy = reply.status < 500
             return reply
         except UpstreamTimeout:
             outcome = Outcome.OVERLOAD
+            healthy = False
+            raise
+        except UpstreamError:
+            healthy = False
             raise
         finally:
-            self.limiter.release(granted, outcome)
+            self.router.release(route, granted, outcome, healthy=healthy)
 
     def _log_down(self, error: UpstreamError) -> None:
         now = time.monotonic()

@@ -93,7 +93,7 @@ class WorkerPool:
     def __init__(self, dispatcher: Dispatcher, size: int, *, lane_limit: int | None = None
                  ) -> None:
         self._dispatcher = dispatcher
-        self._limiter = dispatcher.limiter
+        self._gate = dispatcher.router  # room on some upstream
         self._size = size
         # Backpressure on the readers: a lane holds at most ``lane_limit`` (``size``)
         # requests, and all lanes together at most twice that — except that every lane
@@ -207,11 +207,11 @@ class WorkerPool:
             waiter.set_result(None)
 
     async def _work(self, me: _Worker) -> None:
-        limiter = self._limiter
+        gate = self._gate
         loop = asyncio.get_running_loop()
         while True:
-            if not limiter.has_room():
-                await limiter.room()
+            if not gate.has_room():
+                await gate.room()
             taken = self._take()
             if taken is None:
                 idle = loop.create_future()

@@ -38,6 +38,7 @@ from barge.exceptions import (
 )
 from barge.settings import Settings
 from barge.store.protocol import Store
+from barge.upstreams.config import serves_any
 
 log = logging.getLogger("barge.engine")
 
@@ -121,8 +122,7 @@ class Engine:
         self._stopping = False
         self._last_waiting = 0.0
         self._budget = None if node is None else SharedBudget(
-            store, node, dispatcher.limiter, budget=settings.upstream_concurrency,
-            ttl=settings.lease_seconds)
+            store, node, dispatcher.router, ttl=settings.lease_seconds)
 
     # -- lifecycle of the engine itself ------------------------------------------
 
@@ -344,6 +344,7 @@ class Engine:
             max_requests=s.max_requests,
             max_bytes=s.max_file_bytes,
             slice_lines=s.slice_lines,
+            serves=functools.partial(serves_any, s.upstream_specs),
         )
         if scan.errors:
             log.info("batch %s: %d bad lines", b.id, scan.error_count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +41,13 @@ def scan_input(
     max_requests: int,
     max_bytes: int,
     slice_lines: int,
+    serves: Callable[[str], bool] | None = None,
 ) -> ScanResult:
-    """Check every line; memory holds one line and the set of custom_ids, never the file."""
+    """Check every line; memory holds one line and the set of custom_ids, never the file.
+    ``serves``: whether some upstream serves a model (asked once per model name); a line
+    naming a model it refuses is a ``model_not_found`` error."""
     result = ScanResult()
+    served: dict[str, bool] = {}
     size = path.stat().st_size
     if size > max_bytes:
         result.add_error(
@@ -85,6 +90,17 @@ def scan_input(
             if duplicate is not None:
                 result.add_error(duplicate)
                 continue
+            if serves is not None:
+                ok = served.get(parsed.model)
+                if ok is None:
+                    ok = served[parsed.model] = serves(parsed.model)
+                if not ok:
+                    result.add_error(
+                        LineError(LineCodes.MODEL_NOT_FOUND,
+                                  f"No upstream serves the model {parsed.model!r}.",
+                                  line_no, "body.model")
+                    )
+                    continue
             if result.model is None:
                 result.model = parsed.model
     if line_index >= slice_start_line:
