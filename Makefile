@@ -28,6 +28,7 @@ bench: install
 	$(PY) bench/small_batches.py --batches 200 --requests 10
 	$(PY) bench/api_latency.py --requests 50000
 	$(PY) bench/cluster.py --requests 20000 --limited-requests 3000
+	$(PY) bench/routing.py --requests 20000
 
 bench-quick: install
 	$(PY) bench/dispatch.py --sizes 1000,5000 --rounds 1

@@ -114,6 +114,7 @@ class Router:
         if not routes:
             raise ValueError("a router needs at least one upstream")
         self.routes = list(routes)
+        self._single = self.routes[0] if len(self.routes) == 1 else None
         self._by_model: dict[str, list[Route]] = {}
         self._changed = asyncio.Event()  # a slot came free: for acquire's waiters
         self._room_waiters: deque[asyncio.Future[None]] = deque()  # the pool's workers
@@ -133,6 +134,8 @@ class Router:
 
     def has_room(self) -> bool:
         """Whether some upstream could take a request now."""
+        if self._single is not None and not self._single.breaker.opened:
+            return self._single.limiter.has_room()  # the common case, per request
         now = time.monotonic()
         return any(r.limiter.has_room() and r.breaker.available(now) for r in self.routes)
 
@@ -170,6 +173,10 @@ class Router:
         """A slot on the best route for ``model`` (``avoid``: one that just failed to
         connect, passed over while another can take the request); waits while every
         route in rotation is full. NoRoute when every route of the model is out."""
+        single = self._single
+        if single is not None and not single.breaker.opened and \
+                single.limiter.in_flight < single.limiter.limit and self.for_model(model):
+            return single, await single.limiter.acquire()  # one upstream: no choice to make
         routes = self.for_model(model)
         while True:
             now = time.monotonic()
@@ -179,10 +186,12 @@ class Router:
             if avoid is not None and len(usable) > 1:
                 usable = [r for r in usable if r is not avoid] or usable
             best: Route | None = None
+            best_load = math.inf
             for r in usable:
-                if r.limiter.in_flight < r.limiter.limit and (
-                        best is None or r.load() < best.load()):
-                    best = r
+                if r.limiter.in_flight < r.limiter.limit:
+                    load = r.load()
+                    if load < best_load:
+                        best, best_load = r, load
             if best is not None:
                 best.breaker.taken()
                 granted = await best.limiter.acquire()  # has room: returns at once
