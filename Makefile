@@ -29,6 +29,7 @@ bench: install
 	$(PY) bench/api_latency.py --requests 50000
 	$(PY) bench/cluster.py --requests 20000 --limited-requests 3000
 	$(PY) bench/routing.py --requests 20000
+	$(PY) bench/pacing.py --tokens-per-minute 60000 --seconds 60
 
 bench-quick: install
 	$(PY) bench/dispatch.py --sizes 1000,5000 --rounds 1

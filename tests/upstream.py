@@ -6,6 +6,7 @@ body (see ``UpstreamServer._handle`` and ``_behave``); server-wide behaviour by
 
 - ``raw_body``: str — answer exactly these bytes (UTF-8), with ``status`` (default 200);
 - ``usage``: any — replaces the ``usage`` of the normal answer, verbatim;
+- ``headers``: dict — extra headers on a ``status`` answer (e.g. ``x-ratelimit-*``);
 - ``echo``: true — a 200 whose ``echo`` member is the request body, byte for byte;
 - ``redirect``: URL — a ``redirect_status`` (default 302) pointing there;
 - ``endless``: true — a 200 JSON-looking body that never ends (streamed, chunked; or
@@ -69,6 +70,7 @@ class UpstreamStats:
     attempts: Counter[str] = field(default_factory=Counter)  # x_mock.key -> times received
     keys: list[str] = field(default_factory=list)  # x_mock.key values in arrival order
     bodies: Counter[str] = field(default_factory=Counter)  # sha256(raw body) hex -> times
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
 
     def reset(self) -> None:
         """Zero everything except the live in_flight/queued gauges."""
@@ -288,6 +290,7 @@ class UpstreamServer:
         rid = next(self._ids)
         st, cfg = self.stats, self.config
         st.total += 1
+        st.arrivals.append(time.monotonic())
         st.by_path[request.path] += 1
         digest = ""
         if cfg.record_bodies:
@@ -356,6 +359,8 @@ class UpstreamServer:
                 headers["Retry-After"] = str(mock["retry_after"])
             if mock.get("retry_after_ms") is not None:
                 headers["retry-after-ms"] = str(mock["retry_after_ms"])
+            if isinstance(mock.get("headers"), dict):
+                headers.update({str(k): str(v) for k, v in mock["headers"].items()})
             msg = mock.get("message", f"Mock failure (attempt {attempt})")
             return self._respond(int(status), _error_body(int(status), msg), rid, headers=headers)
         if mock.get("garbage"):

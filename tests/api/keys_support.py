@@ -31,6 +31,8 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/admin/keys/key_000000000000000000000000", None),
     ("GET", "/admin/roles", None),
     ("POST", "/admin/roles", {"name": "should-not-exist", "actions": [], "operations": []}),
+    ("GET", "/admin/accounts/weight-probe", None),
+    ("PATCH", "/admin/accounts/weight-probe", {"weight": 999}),
 ]
 
 _counter = itertools.count()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import openai.types
@@ -49,7 +50,7 @@ BATCH_TIMESTAMPS = {
     "cancelled_at",
 }
 # Barge's own additions, documented in projection.py.
-BARGE_EXTRAS = {"barge_status", "updated_at"}
+BARGE_EXTRAS = {"barge_status", "updated_at", "barge_eta"}
 OPENAI_STATUSES = {
     "validating",
     "failed",
@@ -201,6 +202,7 @@ class TestBatchObject:
         assert obj["metadata"] is None or isinstance(obj["metadata"], dict)
         assert obj["barge_status"] == status.value
         assert type(obj["updated_at"]) is int  # whole Unix seconds, like created_at
+        assert _int_or_none(obj["barge_eta"])
 
     @pytest.mark.parametrize("status", list(SHOWN), ids=str)
     def test_status_is_the_projection(self, status: Status) -> None:
@@ -283,6 +285,66 @@ class TestBatchObject:
             raw = orjson.dumps(batch_object(realistic(status)))
             parsed = openai.types.Batch.model_validate_json(raw)
             assert parsed.status == SHOWN[status]
+
+
+class TestBargeEta:
+    """``barge_eta``: now + remaining * (now - in_progress_at) / done, in progress."""
+
+    NOW = T0 + 101.5
+
+    def at(self, b: BatchRecord) -> Any:
+        return batch_object(b, now=self.NOW)["barge_eta"]
+
+    def test_in_progress_extrapolates_the_pace_so_far(self) -> None:
+        # 100.5 s for 4 + 1 done: 5 remaining take as long again.
+        b = batch(Status.PROCESSING, total=10, completed=4, failed=1, in_progress_at=T0 + 1)
+        assert self.at(b) == int(self.NOW + 5 * 100.5 / 5) == T0 + 202
+        # Failures count as done, as completions do.
+        assert self.at(b.replace(completed=0, failed=5)) == T0 + 202
+        # 1 of 10 done in 100.5 s: 9 more take 904.5 s.
+        assert self.at(b.replace(completed=1, failed=0)) == int(self.NOW + 904.5)
+
+    def test_is_a_whole_number_of_seconds(self) -> None:
+        b = batch(Status.PROCESSING, total=3, completed=1, in_progress_at=T0 + 1)
+        assert type(self.at(b)) is int
+
+    def test_in_progress_with_nothing_done_is_null(self) -> None:
+        b = batch(Status.PROCESSING, total=10, in_progress_at=T0 + 1)
+        assert self.at(b) is None
+
+    def test_in_progress_with_everything_done_is_now(self) -> None:
+        b = batch(Status.PROCESSING, total=10, completed=10, in_progress_at=T0 + 1)
+        assert self.at(b) == int(self.NOW)
+
+    def test_a_clock_behind_in_progress_at_gives_now(self) -> None:
+        b = batch(Status.PROCESSING, total=10, completed=2, in_progress_at=int(self.NOW) + 60)
+        assert self.at(b) == int(self.NOW)
+
+    @pytest.mark.parametrize("status", [Status.PROCESSED, Status.WRITING_RESULTS], ids=str)
+    def test_finalizing_is_now(self, status: Status) -> None:
+        assert self.at(realistic(status)) == int(self.NOW)
+
+    @pytest.mark.parametrize("status", [s for s, shown in SHOWN.items()
+                                        if shown not in {"in_progress", "finalizing"}],
+                             ids=str)
+    def test_null_in_every_other_state(self, status: Status) -> None:
+        assert self.at(realistic(status)) is None
+        # Even with requests done (a cancelled or expired batch, say).
+        assert self.at(realistic(status).replace(total=10, completed=5,
+                                                 in_progress_at=T0 + 1)) is None
+
+    def test_defaults_to_the_clock(self) -> None:
+        b = batch(Status.PROCESSING, total=10, completed=10, in_progress_at=T0 + 1)
+        before = int(time.time())
+        assert before <= batch_object(b)["barge_eta"] <= time.time()
+
+    def test_the_sdk_keeps_it_as_an_extra(self) -> None:
+        b = batch(Status.PROCESSING, total=10, completed=5, in_progress_at=T0 + 1)
+        parsed = openai.types.Batch.model_validate_json(
+            orjson.dumps(batch_object(b, now=self.NOW)))
+        assert parsed.model_extra is not None
+        assert parsed.model_extra["barge_eta"] == int(self.NOW + 100.5)
+        assert parsed.status == "in_progress"
 
 
 class TestFileObject:

@@ -58,7 +58,8 @@ def simple_input(n: int, prefix: str = "req", **mock: Any) -> bytes:
 
 
 async def submit(app: App, data: bytes, *, endpoint: str = CHAT,
-                 expires_at: int | None = None, poke: bool = True) -> str:
+                 expires_at: int | None = None, poke: bool = True,
+                 account: str = ACCOUNT, window: str = "24h") -> str:
     """Store ``data`` as a batch input file, create a batch on it, poke the engine."""
     file_id = new_file_id()
     writer = app.blobs.writer(file_id, max_bytes=app.settings.max_file_bytes)
@@ -66,13 +67,13 @@ async def submit(app: App, data: bytes, *, endpoint: str = CHAT,
     info = await writer.commit()
     now = time.time()
     await app.store.create_file(FileRecord(
-        id=file_id, account=ACCOUNT, filename="input.jsonl", purpose="batch",
+        id=file_id, account=account, filename="input.jsonl", purpose="batch",
         bytes=info.bytes, sha256=info.sha256, created_at=int(now), expires_at=None,
         lines=info.lines,
     ))
     batch_id = new_batch_id()
     await app.store.create_batch(BatchRecord(
-        id=batch_id, account=ACCOUNT, endpoint=endpoint, completion_window="24h",
+        id=batch_id, account=account, endpoint=endpoint, completion_window=window,
         input_file_id=file_id, status=Status.NEW, created_at=int(now), updated_at=now,
         expires_at=expires_at if expires_at is not None else int(now) + 86400,
     ))

@@ -79,6 +79,7 @@ def test_parser_finds_the_four_tables() -> None:
     assert {"lease_tokens", "nodes"} <= set(tables)
     assert tables["results"] == ["batch_id", "slice_no", "idx", "ok", "line"]
     assert tables["secrets"] == ["name", "value"]
+    assert tables["account_weights"] == ["account", "weight", "updated_at"]
 
 
 @pytest.mark.asyncio

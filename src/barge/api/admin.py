@@ -1,12 +1,15 @@
-"""``/v1/admin``: keys and roles, for callers whose role allows ``manage_keys``.
+"""``/v1/admin``: keys, roles and account weights, for callers whose role allows
+``manage_keys``.
 
-A stored key manages its own account only: its keys and its custom roles. It may hand on
-only what its own role holds (a key's role, a new role's actions and operations), and
-only admin keys make admin keys; likewise it revokes only keys whose role it could grant
-(and itself). The server's admin key manages every account."""
+A stored key manages its own account only: its keys, its custom roles and its weight. It
+may hand on only what its own role holds (a key's role, a new role's actions and
+operations), and only admin keys make admin keys; likewise it revokes only keys whose role
+it could grant (and itself). Only admin keys set a weight. The server's admin key manages
+every account."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -28,6 +31,9 @@ from barge.keys import check_account, check_grant, create_key
 
 router = APIRouter(prefix="/v1/admin")
 Admin = Annotated[Caller, Depends(require(Action.MANAGE_KEYS))]
+
+MAX_WEIGHT = 1000.0  # an account's weight is above 0 and at most this
+DEFAULT_WEIGHT = 1.0  # the weight of an account never given one
 
 
 def key_object(k: KeyRecord) -> dict[str, Any]:
@@ -143,3 +149,53 @@ async def create_role(request: Request, caller: Admin) -> JSON:
     check_grant(caller.role, role, what=f"create role '{name}'", param=None)
     await app_of(request).store.create_role(account, role)
     return JSON(role_object(role, account))
+
+
+def account_object(account: str, weight: float) -> dict[str, Any]:
+    return {"object": "account", "id": account, "weight": weight}
+
+
+def _weight(body: dict[str, Any]) -> float:
+    if "weight" not in body:
+        raise InvalidRequest("Missing required parameter: 'weight'.", param="weight",
+                             code="missing_required_parameter")
+    value = body["weight"]
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not 0 < value <= MAX_WEIGHT:
+        raise InvalidRequest(
+            f"'weight' must be a number above 0 and at most {MAX_WEIGHT:g}.",
+            param="weight", code="invalid_weight",
+        )
+    return float(value)
+
+
+@router.get("/accounts/{account}")
+async def get_account(request: Request, caller: Admin, account: str) -> JSON:
+    """The account's weight: its share of the upstream when accounts compete for it (1
+    when never set)."""
+    check_account(_own_account(caller, account))
+    weights = await app_of(request).store.account_weights()
+    return JSON(account_object(account, weights.get(account, DEFAULT_WEIGHT)))
+
+
+@router.patch("/accounts/{account}")
+async def update_account(request: Request, caller: Admin, account: str) -> JSON:
+    """Set the account's weight: ``{"weight": N}``, 0 < N <= 1000. The server's admin
+    key only: a weight is the account's share against every other account, so an
+    account's own keys, admin or not, may read it but never raise it. The account need
+    not have keys yet."""
+    check_account(account)
+    if not caller.manages_all_accounts:
+        raise PermissionDenied(
+            "Only the server's admin key (--admin-key / BARGE_ADMIN_KEY) sets an "
+            "account's weight: it is the account's share against all the others.",
+            param="account", code="permission_denied",
+        )
+    if caller.role != BUILTIN_ROLES["admin"]:
+        raise PermissionDenied(
+            f"Only admin keys set an account's weight; this key's role is "
+            f"'{caller.role.name}'.", code="permission_denied",
+        )
+    weight = _weight(await json_object(request))
+    await app_of(request).store.set_account_weight(account, weight)
+    return JSON(account_object(account, weight))

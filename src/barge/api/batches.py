@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -85,7 +86,9 @@ async def list_batches(
         caller.account, after=after, limit=limit, created_after=created_after,
         created_before=created_before,
     )
-    return JSON(list_object([batch_object(b) for b in page.items], has_more=page.has_more))
+    now = time.time()  # one clock reading: every batch's barge_eta from the same moment
+    return JSON(list_object([batch_object(b, now=now) for b in page.items],
+                            has_more=page.has_more))
 
 
 @router.get("/{batch_id}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from barge.domain.models import BatchRecord, FileRecord
-from barge.domain.status import project
+from barge.domain.status import OpenAIStatus, project
 
 
 def list_object(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
@@ -34,9 +35,27 @@ def file_object(f: FileRecord) -> dict[str, Any]:
     }
 
 
-def batch_object(b: BatchRecord) -> dict[str, Any]:
-    """The Batch object, plus Barge's fine-grained ``barge_status`` and ``updated_at``
-    (whole Unix seconds, like ``created_at``), and ``hash`` when one was given at create."""
+def eta(b: BatchRecord, now: float) -> int | None:
+    """When the batch should be done (whole Unix seconds), at the pace it has kept since
+    it went in progress: ``now + remaining * (now - in_progress_at) / done``, where
+    ``done`` is its requests with a result (completed + failed). ``now`` when it is
+    finalizing; None when it is in progress with nothing done yet, or in any other state."""
+    shown = project(b.status)
+    if shown is OpenAIStatus.FINALIZING:
+        return int(now)
+    done = b.completed + b.failed
+    if shown is not OpenAIStatus.IN_PROGRESS or b.in_progress_at is None or done <= 0:
+        return None
+    remaining = max(0, b.total - done)
+    elapsed = max(0.0, now - b.in_progress_at)  # a node's clock may lag the store's
+    return int(now + remaining * elapsed / done)
+
+
+def batch_object(b: BatchRecord, *, now: float | None = None) -> dict[str, Any]:
+    """The Batch object, plus Barge's fine-grained ``barge_status``, ``updated_at`` (whole
+    Unix seconds, like ``created_at``) and ``barge_eta`` (see ``eta``; ``now`` defaults to
+    the clock), and ``hash`` when one was given at create."""
+    now = time.time() if now is None else now
     obj = {
         "id": b.id,
         "object": "batch",
@@ -64,6 +83,7 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
         "metadata": b.metadata,
         "barge_status": b.status.value,
         "updated_at": int(b.updated_at),
+        "barge_eta": eta(b, now),
     }
     if b.hash is not None:
         obj["hash"] = b.hash

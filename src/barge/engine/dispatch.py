@@ -16,6 +16,7 @@ from barge.domain.ids import new_request_id
 from barge.domain.results import ResultCodes, error_line, json_fragment, output_line
 from barge.domain.usage import NO_USAGE, Usage, usage_of
 from barge.engine.limiter import AdaptiveLimiter, Outcome
+from barge.engine.pacing import estimate_tokens
 from barge.engine.retry import backoff, is_retryable_status, retry_after
 from barge.engine.router import NoRoute, Route, Router
 from barge.exceptions import UpstreamError
@@ -146,12 +147,24 @@ def _request_id(headers: Mapping[str, str]) -> str:
     return rid
 
 
-def _for_route(route: Route, body: bytes, line: dict[str, Any], model: str) -> bytes:
-    """The body as ``route`` gets it: with its name for the model, where it has one."""
-    outgoing = route.spec.outgoing_model(model)
-    if outgoing == model:
+def _for_route(route: Route, body: bytes, line: dict[str, Any], model: str,
+               priority: int | None = None) -> bytes:
+    """The body as ``route`` gets it: with its name for the model, where it has one, and
+    the request's ``priority`` in its ``priority_field``, where it has one. Re-encoded
+    only when that changes something."""
+    spec = route.spec
+    outgoing = spec.outgoing_model(model)
+    field = spec.priority_field if priority is not None else None
+    if field is not None:
+        present = line["body"].get(field)
+        if type(present) is int and present == priority:
+            field = None  # already what it would be set to
+    if outgoing == model and field is None:
         return body
-    return orjson.dumps({**line["body"], "model": outgoing})
+    changed = {**line["body"], "model": outgoing} if outgoing != model else dict(line["body"])
+    if field is not None:
+        changed[field] = priority
+    return orjson.dumps(changed)
 
 
 OVERLOAD_STATUSES = frozenset({429, 503})  # answers that mean "send me less"
@@ -192,25 +205,32 @@ class Dispatcher:
         """The first upstream's limiter (the only one, with a single upstream)."""
         return self.router.routes[0].limiter
 
-    async def execute(self, raw: bytes, stopping: Callable[[], bool]) -> Result | None:
+    async def execute(self, raw: bytes, stopping: Callable[[], bool],
+                      priority: int | None = None) -> Result | None:
         """The result of one validated input line, or None when the batch stopped
-        (cancel, expiry, shutdown) before a final answer: then nothing is recorded."""
+        (cancel, expiry, shutdown) before a final answer: then nothing is recorded.
+        ``priority``: its rank for upstreams that schedule by priority (lower goes
+        sooner), sent in their ``priority_field``."""
         line = orjson.loads(raw)
         custom_id: str = line["custom_id"]
         try:
-            return await self._attempts(raw, line, custom_id, stopping)
+            return await self._attempts(raw, line, custom_id, stopping, priority)
         except Exception as e:  # a bug must cost one request, never wedge the batch
             log.exception("request %s failed unexpectedly", custom_id)
             return Result(False, error_line(custom_id, ResultCodes.INTERNAL_ERROR,
                                             f"Barge failed on this request: {type(e).__name__}"))
 
     async def _attempts(
-        self, raw: bytes, line: dict[str, Any], custom_id: str, stopping: Callable[[], bool]
+        self, raw: bytes, line: dict[str, Any], custom_id: str, stopping: Callable[[], bool],
+        priority: int | None = None,
     ) -> Result | None:
         endpoint: str = line["url"]
         body = _request_body(raw, line)
         model = str(line["body"].get("model", ""))
         policy = self._policy
+        router = self.router
+        # What it is charged on upstreams with a token budget (corrected by its usage).
+        tokens = estimate_tokens(endpoint, line["body"]) if router.counts_tokens else 0
         attempt = 0
         unreachable = 0
         avoid: Route | None = None
@@ -219,7 +239,7 @@ class Dispatcher:
             last_try = attempt >= policy.max_attempts
             wait: float | None = None
             try:
-                route, granted = await self.router.acquire(model, avoid)
+                route, granted = await router.acquire(model, avoid, tokens)
             except NoRoute:
                 # Every upstream of the model is out of rotation: wait for one to come
                 # back, without using an attempt (its half-open probe decides).
@@ -233,15 +253,17 @@ class Dispatcher:
                 continue
             try:
                 reply = await self._send(route, granted, endpoint,
-                                         _for_route(route, body, line, model))
+                                         _for_route(route, body, line, model, priority),
+                                         tokens)
             except UpstreamUnreachable as e:
                 # Nothing was sent: the request goes to another replica, or waits for
                 # this one, without using its attempts, until one answers or the batch
                 # stops (expiry, cancel).
+                router.unsent(route, tokens)
                 attempt -= 1
                 unreachable += 1
                 avoid = route
-                if len(self.router.for_model(model)) > 1:
+                if len(router.for_model(model)) > 1:
                     continue  # straight to another replica (acquire passes this one over)
                 self._log_down(e)
                 delay = backoff(unreachable, base=policy.backoff_base, cap=policy.backoff_max)
@@ -262,6 +284,9 @@ class Dispatcher:
                     return Result(False, error_line(custom_id, code, e.message))
             else:
                 result = self._classify(custom_id, reply, last_try)
+                if route.pacer is not None and result is not None and result.usage:
+                    usage = result.usage
+                    router.settle(route, tokens, usage.input_tokens + usage.output_tokens)
                 if result is not None:
                     return result
                 wait = retry_after(reply.headers)
@@ -269,13 +294,18 @@ class Dispatcher:
             if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
                 return None
 
-    async def _send(self, route: Route, granted: int, endpoint: str, body: bytes) -> Reply:
+    async def _send(self, route: Route, granted: int, endpoint: str, body: bytes,
+                    tokens: int = 0) -> Reply:
         """One attempt, in a slot of the route's adaptive limit, telling the limit and
-        the route's breaker how it went."""
+        the route's breaker how it went, and its pacer what the upstream's rate-limit
+        headers say (on a 429, or on any answer to a paced route)."""
         outcome = Outcome.IGNORE
         healthy: bool | None = None
         try:
             reply = await route.client.send(endpoint, body)
+            if reply.status == 429 or route.pacer is not None:
+                self.router.hint(route, reply.headers, rejected=reply.status == 429,
+                                 tokens=tokens)
             overloaded = reply.status in OVERLOAD_STATUSES
             outcome = Outcome.OVERLOAD if overloaded else Outcome.SUCCESS
             healthy = reply.status < 500

@@ -2,11 +2,18 @@
 running batch, so the upstream sees at most ``size`` requests at once.
 
 Each running batch queues its requests in a lane of its own. A worker that is free (and
-for which the adaptive limiter has a slot) takes the next request round-robin: across
-accounts first, then across each account's lanes. So an account with one batch gets as
-many turns as an account with sixty-four, and a batch that queued first cannot hog the
-workers. Workers take a request only once the limiter has room for it, so requests wait
-here, fairly, rather than in the limiter's first-come queue.
+for which some upstream has room) takes the next request by weighted fair share, with
+deadlines: first the account, then one of its lanes, each the one furthest behind its
+share (stride scheduling: every request taken moves its account and its lane forward by
+``1 / share``). An account's share is its weight (set by an admin; 1 by default) times
+the urgency of its most urgent batch; a batch's urgency grows as its deadline nears
+(``URGENCY_HORIZON`` over the time it has left, at least 1). So among equal deadlines
+accounts get turns in proportion to their weights and an account's batches share its
+turns alike, while a batch due in an hour takes most turns ahead of one due in a day,
+and no batch ever gets none. An account or batch that comes back to the queue starts
+level with the others, never with turns saved up. Workers take a request only once an
+upstream has room for it, so requests wait here, fairly, rather than in a first-come
+queue.
 
 A batch whose window ends cannot use what its requests in flight would bring: ``abort``
 cuts those requests off at once (their results are never recorded, so each goes to the
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,16 +74,46 @@ class Job:
     raw: bytes
 
 
+URGENCY_HORIZON = 86400.0  # seconds: a batch due further away than this is not urgent
+MIN_TIME_LEFT = 60.0  # seconds: urgency stops growing this close to the deadline
+
+
 class Lane:
     """One batch's requests waiting for a worker."""
 
-    __slots__ = ("account", "jobs", "listed", "space")
+    __slots__ = ("account", "deadline", "jobs", "listed", "pass_", "space")
 
-    def __init__(self, account: str) -> None:
+    def __init__(self, account: str, deadline: float | None = None) -> None:
         self.account = account
+        self.deadline = deadline  # Unix seconds the batch is due, if it has a window
         self.jobs: deque[Job] = deque()
-        self.listed = False  # in the pool's rotation (it has jobs)
+        self.listed = False  # in its account's queue (it has jobs)
         self.space: asyncio.Future[None] | None = None  # its reader, waiting for room
+        self.pass_ = 0.0  # turns taken, in units of its share
+
+    def urgency(self, now: float) -> float:
+        if self.deadline is None:
+            return 1.0
+        return max(1.0, URGENCY_HORIZON / max(MIN_TIME_LEFT, self.deadline - now))
+
+    def priority(self, now: float) -> int | None:
+        """Its deadline rank for upstreams that schedule by priority: whole minutes
+        left (lower goes sooner)."""
+        if self.deadline is None:
+            return None
+        return max(0, int(self.deadline - now) // 60)
+
+
+class _Account:
+    """An account's lanes that have requests queued, and its place in the rotation."""
+
+    __slots__ = ("lanes", "pass_", "vtime", "weight")
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.lanes: list[Lane] = []
+        self.pass_ = 0.0
+        self.vtime = 0.0  # the pass of its lane served last: where a returning lane starts
 
 
 class _Worker:
@@ -101,8 +139,10 @@ class WorkerPool:
         self._lane_limit = lane_limit or size
         self._total_limit = 2 * self._lane_limit
         self._queued = 0
-        # Accounts with queued requests, in rotation order, each with its lanes in turn.
-        self._accounts: dict[str, deque[Lane]] = {}
+        # Accounts with queued requests; each with its lanes that have some.
+        self._accounts: dict[str, _Account] = {}
+        self._weights: dict[str, float] = {}  # set by an admin; 1 when absent
+        self._vtime = 0.0  # the pass of the account served last
         self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for a request
         self._workers: list[_Worker] = []
         self._closing = False
@@ -113,9 +153,15 @@ class WorkerPool:
             worker.task = asyncio.create_task(self._work(worker), name=f"barge-worker-{n}")
 
     @staticmethod
-    def lane(account: str) -> Lane:
-        """A new, empty lane for one batch of ``account``."""
-        return Lane(account)
+    def lane(account: str, deadline: float | None = None) -> Lane:
+        """A new, empty lane for one batch of ``account``, due at ``deadline``."""
+        return Lane(account, deadline)
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Accounts' weights (those absent weigh 1), from now on."""
+        self._weights = dict(weights)
+        for name, acct in self._accounts.items():
+            acct.weight = self._weights.get(name, 1.0)
 
     async def submit(self, lane: Lane, job: Job) -> None:
         """Queue a request in its batch's lane; waits while the lane (or the pool) is full.
@@ -135,11 +181,7 @@ class WorkerPool:
         lane.jobs.append(job)
         self._queued += 1
         if not lane.listed:
-            lane.listed = True
-            lanes = self._accounts.get(lane.account)
-            if lanes is None:
-                self._accounts[lane.account] = lanes = deque()
-            lanes.append(lane)
+            self._list(lane)
         while self._idle:
             worker = self._idle.popleft()
             if not worker.done():
@@ -153,13 +195,7 @@ class WorkerPool:
             self._queued -= 1
             job.tracker.finish_one()
         if lane.listed:
-            lane.listed = False
-            lanes = self._accounts.get(lane.account)
-            if lanes is not None:
-                with contextlib.suppress(ValueError):
-                    lanes.remove(lane)
-                if not lanes:
-                    del self._accounts[lane.account]
+            self._unlist(lane)
         self._wake_reader(lane)
 
     def abort(self, lane: Lane) -> int:
@@ -181,22 +217,48 @@ class WorkerPool:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers = []
 
+    def _list(self, lane: Lane) -> None:
+        """Queue a lane that has requests again, level with the others."""
+        lane.listed = True
+        acct = self._accounts.get(lane.account)
+        if acct is None:
+            acct = _Account(self._weights.get(lane.account, 1.0))
+            acct.pass_ = self._vtime
+            self._accounts[lane.account] = acct
+        lane.pass_ = max(lane.pass_, acct.vtime)
+        acct.lanes.append(lane)
+
+    def _unlist(self, lane: Lane) -> None:
+        lane.listed = False
+        acct = self._accounts.get(lane.account)
+        if acct is not None:
+            with contextlib.suppress(ValueError):
+                acct.lanes.remove(lane)
+            if not acct.lanes:
+                del self._accounts[lane.account]
+
     def _take(self) -> tuple[Lane, Job] | None:
-        """The next request, round-robin across accounts, then across their lanes."""
+        """The next request: the account furthest behind its share, then its lane
+        furthest behind its own."""
         accounts = self._accounts
         if not accounts:
             return None
-        account = next(iter(accounts))
-        lanes = accounts.pop(account)
-        lane = lanes.popleft()
+        now = time.time()
+        if len(accounts) == 1:
+            acct = next(iter(accounts.values()))
+        else:
+            acct = min(accounts.values(), key=_pass)
+        lanes = acct.lanes
+        lane = lanes[0] if len(lanes) == 1 else min(lanes, key=_pass)
         job = lane.jobs.popleft()
         self._queued -= 1
-        if lane.jobs:
-            lanes.append(lane)
-        else:
-            lane.listed = False
-        if lanes:
-            accounts[account] = lanes  # back of the rotation
+        urgency = lane.urgency(now)
+        self._vtime, acct.vtime = acct.pass_, lane.pass_
+        lane.pass_ += 1.0 / urgency
+        most = max(urgency, *(x.urgency(now) for x in lanes)) if len(lanes) > 1 else urgency
+        acct.pass_ += 1.0 / (acct.weight * most)
+        if not lane.jobs:
+            self._unlist(lane)
         self._wake_reader(lane)
         return lane, job
 
@@ -228,7 +290,8 @@ class WorkerPool:
                 if not job.stopping():  # a stopped batch's queued requests are never sent
                     me.lane = lane
                     try:
-                        result = await self._dispatcher.execute(job.raw, job.stopping)
+                        result = await self._dispatcher.execute(
+                            job.raw, job.stopping, priority=lane.priority(time.time()))
                     finally:
                         me.lane = None
                     if result is not None:
@@ -244,3 +307,7 @@ class WorkerPool:
                 log.exception("worker failed on a request; it will be sent again on resume")
             finally:
                 job.tracker.finish_one()
+
+
+def _pass(x: Lane | _Account) -> float:
+    return x.pass_

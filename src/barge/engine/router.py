@@ -7,7 +7,12 @@ load by what each can take. A replica that keeps failing (connections refused or
 timeouts, 5xx answers) is taken out of rotation for a cooldown, then tried with one
 request at a time until one succeeds (half-open); its requests go to the others. When
 every replica of a model is out, ``acquire`` raises ``NoRoute`` and the request waits
-as it does for one upstream that is down."""
+as it does for one upstream that is down.
+
+An upstream with ``requests_per_minute`` or ``tokens_per_minute`` has a ``Pacer``: a
+replica whose pacer cannot take a request now is passed over for another; when none
+can, the request waits until the soonest can, and the worker pool takes no request
+while every upstream's pacer is empty (``has_room``)."""
 
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from barge.engine.limiter import AdaptiveLimiter, Outcome
+from barge.engine.pacing import Pacer, rate_limit_holds
 from barge.upstreams.client import UpstreamClient
 from barge.upstreams.config import UpstreamSpec
 
@@ -99,6 +105,10 @@ class Route:
         self.limiter = limiter or AdaptiveLimiter(spec.concurrency)
         # Out of rotation at most as long as a request would back off between tries.
         self.breaker = Breaker(spec.name, max_cooldown)
+        # Its per-minute budgets; also made for one without any, once it answers that a
+        # budget of its own is spent (a hold until the reset).
+        self.pacer: Pacer | None = Pacer.of(spec.requests_per_minute,
+                                            spec.tokens_per_minute, time.monotonic())
 
     @property
     def name(self) -> str:
@@ -118,6 +128,11 @@ class Router:
         self._by_model: dict[str, list[Route]] = {}
         self._changed = asyncio.Event()  # a slot came free: for acquire's waiters
         self._room_waiters: deque[asyncio.Future[None]] = deque()  # the pool's workers
+        self._pace_timer: asyncio.TimerHandle | None = None  # wakes them when a pacer refills
+        self._pace_when = math.inf  # loop time it fires at
+        # Whether requests need their tokens estimated: some upstream has a token budget.
+        self.counts_tokens = any(r.pacer is not None and r.pacer.tokens is not None
+                                 for r in self.routes)
 
     def for_model(self, model: str) -> list[Route]:
         routes = self._by_model.get(model)
@@ -134,14 +149,26 @@ class Router:
 
     def has_room(self) -> bool:
         """Whether some upstream could take a request now."""
-        if self._single is not None and not self._single.breaker.opened:
-            return self._single.limiter.has_room()  # the common case, per request
+        single = self._single
+        if single is not None and not single.breaker.opened and single.pacer is None:
+            return single.limiter.has_room()  # the common case, per request
         now = time.monotonic()
-        return any(r.limiter.has_room() and r.breaker.available(now) for r in self.routes)
+        return any(r.limiter.has_room() and r.breaker.available(now)
+                   and (r.pacer is None or r.pacer.wait(now) <= 0) for r in self.routes)
+
+    def _pace_wait(self, now: float) -> float:
+        """Seconds until a pacer that alone keeps its upstream from taking a request
+        refills (inf: none does)."""
+        soonest = math.inf
+        for r in self.routes:
+            if r.pacer is not None and r.limiter.has_room() and r.breaker.available(now):
+                soonest = min(soonest, r.pacer.wait(now))
+        return soonest
 
     async def room(self) -> None:
         """Wait until ``has_room``. Waiters are woken one per free slot as requests end
-        (not all at once), and look again every ``_RECHECK`` for breakers that reopen."""
+        (not all at once), or as pacers refill (one timer for them all), and look again
+        every ``_RECHECK`` for breakers that reopen."""
         if len(self.routes) == 1 and not self.routes[0].breaker.opened:
             await self.routes[0].limiter.room()  # one upstream in rotation: its own wake-ups
         loop = asyncio.get_running_loop()
@@ -149,6 +176,9 @@ class Router:
             waiter = loop.create_future()
             self._room_waiters.append(waiter)
             handle = loop.call_later(_RECHECK, _settle, waiter)
+            pace = self._pace_wait(time.monotonic())
+            if pace < math.inf:
+                self._arm(loop, pace)
             try:
                 await waiter
             finally:
@@ -156,10 +186,36 @@ class Router:
                 if not waiter.done():
                     waiter.cancel()
 
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Wake waiters in ``delay`` seconds (or sooner, where already due sooner)."""
+        when = loop.time() + delay
+        if self._pace_timer is not None:
+            if self._pace_when <= when:
+                return
+            self._pace_timer.cancel()
+        self._pace_when = when
+        self._pace_timer = loop.call_at(when, self._paced)
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        self._pace_when = math.inf
+        self._changed.set()
+        if self._room_waiters:
+            self._wake_room()
+        if self._room_waiters:  # the others: at the next refill (after the woken take)
+            pace = self._pace_wait(time.monotonic())
+            if pace < math.inf:
+                self._arm(asyncio.get_running_loop(), pace)
+
     def _wake_room(self) -> None:
         now = time.monotonic()
-        free = sum(max(0, r.limiter.limit - r.limiter.in_flight) for r in self.routes
-                   if r.breaker.available(now))
+        free = 0
+        for r in self.routes:
+            if r.breaker.available(now):
+                slots = max(0, r.limiter.limit - r.limiter.in_flight)
+                if r.pacer is not None and slots:
+                    slots = min(slots, r.pacer.allowance(now))
+                free += slots
         waiters = self._room_waiters
         while free > 0 and waiters:
             waiter = waiters.popleft()
@@ -169,12 +225,14 @@ class Router:
 
     # -- one attempt -----------------------------------------------------------------
 
-    async def acquire(self, model: str, avoid: Route | None = None) -> tuple[Route, int]:
+    async def acquire(self, model: str, avoid: Route | None = None,
+                      tokens: int = 0) -> tuple[Route, int]:
         """A slot on the best route for ``model`` (``avoid``: one that just failed to
-        connect, passed over while another can take the request); waits while every
-        route in rotation is full. NoRoute when every route of the model is out."""
+        connect, passed over while another can take the request), charged to its pacer
+        (``tokens``: the request's estimate); waits while every route in rotation is
+        full or paced. NoRoute when every route of the model is out."""
         single = self._single
-        if single is not None and not single.breaker.opened and \
+        if single is not None and single.pacer is None and not single.breaker.opened and \
                 single.limiter.in_flight < single.limiter.limit and self.for_model(model):
             return single, await single.limiter.acquire()  # one upstream: no choice to make
         routes = self.for_model(model)
@@ -187,18 +245,54 @@ class Router:
                 usable = [r for r in usable if r is not avoid] or usable
             best: Route | None = None
             best_load = math.inf
+            soonest = _RECHECK
             for r in usable:
                 if r.limiter.in_flight < r.limiter.limit:
+                    if r.pacer is not None:
+                        wait = r.pacer.wait(now)
+                        if wait > 0:  # paced: passed over, for now
+                            soonest = min(soonest, wait)
+                            continue
                     load = r.load()
                     if load < best_load:
                         best, best_load = r, load
             if best is not None:
+                if best.pacer is not None:
+                    best.pacer.take(tokens, now)
                 best.breaker.taken()
                 granted = await best.limiter.acquire()  # has room: returns at once
                 return best, granted
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), _RECHECK)
+                await asyncio.wait_for(self._changed.wait(), soonest)
+
+    # -- pacing ----------------------------------------------------------------------
+
+    def unsent(self, route: Route, tokens: int) -> None:
+        """A request charged to ``route`` was never sent: its pacer gets it back."""
+        if route.pacer is not None:
+            route.pacer.unsent(tokens, time.monotonic())
+
+    def settle(self, route: Route, estimated: int, used: int) -> None:
+        """The upstream used ``used`` tokens on a request charged ``estimated``."""
+        if route.pacer is not None:
+            route.pacer.settle(estimated, used, time.monotonic())
+
+    def hint(self, route: Route, headers: Mapping[str, str], *, rejected: bool,
+             tokens: int = 0) -> None:
+        """An answer's rate-limit headers: a budget it says is spent holds the route's
+        requests until its reset."""
+        holds = rate_limit_holds(headers, rejected=rejected, tokens=tokens)
+        if not holds:
+            return
+        now = time.monotonic()
+        if route.pacer is None:
+            route.pacer = Pacer(now=now)
+        held = route.pacer.holding(now)
+        route.pacer.hint(holds, now)
+        if not held:  # one line a hold, not one per answer during it
+            log.info("upstream %s: its %s budget is spent; holding its requests %.2fs",
+                     route.name, " and ".join(holds), max(holds.values()))
 
     def release(self, route: Route, granted: int, outcome: Outcome, *,
                 healthy: bool | None) -> None:
@@ -216,7 +310,13 @@ class Router:
             self._wake_room()
 
     def poke(self) -> None:
-        """Something changed outside (a share of the budget): look again."""
+        """Something changed outside (a share of the budget): look again. A route's
+        per-minute budgets follow this node's share of its concurrency."""
+        now = time.monotonic()
+        for r in self.routes:
+            share = r.limiter.share
+            if r.pacer is not None and share:
+                r.pacer.scale(min(1.0, share / max(1, r.spec.concurrency)), now)
         self._changed.set()
         self._wake_room()
 

@@ -55,6 +55,7 @@ _SIMPLE_MOVES = {
     Status.CANCEL: (Status.CANCELLING,),
 }
 REAP_INTERVAL = 60.0  # seconds between sweeps for expired files
+WEIGHTS_INTERVAL = 5.0  # seconds between looks at the accounts' weights
 WAITING_LOG_INTERVAL = 5.0  # seconds between "waiting for storage" lines
 
 
@@ -65,7 +66,7 @@ class BatchRun:
         self.batch = batch
         self.stop_reason: str | None = None
         self.writers: dict[int, PartWriter] = {}
-        self.lane: Lane = pool.lane(batch.account)
+        self.lane: Lane = pool.lane(batch.account, float(batch.expires_at))
         self._pool = pool
         self._store = store
         self._flush_lock = asyncio.Lock()
@@ -152,6 +153,10 @@ class Engine:
         if self._budget is not None:
             await self._budget.stop()
 
+    async def refresh_weights(self) -> None:
+        """Read the accounts' weights now (the loop also does every few seconds)."""
+        self._pool.set_weights(await self._store.account_weights())
+
     def poke(self, batch_id: str | None = None, *, cancel: bool = False) -> None:
         """Look for work now; with ``cancel``, stop dispatching ``batch_id`` at once."""
         if cancel and batch_id in self._runs:
@@ -164,8 +169,12 @@ class Engine:
                 await purge_batch(self._store, self._blobs, self._settings.work_dir, b)
         except Exception:
             log.exception("cannot finish deleting batches")
-        next_reap = time.monotonic()
+        next_reap = next_weights = time.monotonic()
         while not self._stopping:
+            if time.monotonic() >= next_weights:
+                next_weights = time.monotonic() + WEIGHTS_INTERVAL
+                with contextlib.suppress(Exception):  # unchanged until the next look
+                    await self.refresh_weights()
             if time.monotonic() >= next_reap:
                 next_reap = time.monotonic() + REAP_INTERVAL
                 try:

@@ -291,3 +291,11 @@ class Store(Protocol):
 
     async def list_roles(self, account: str | None) -> list[tuple[str, Role]]:
         """(account, role) pairs of ``account``, or of every account when None."""
+
+    # Account weights: an account's share of the upstream when accounts compete for it.
+    async def set_account_weight(self, account: str, weight: float) -> None:
+        """Set ``account``'s weight (a finite number above 0; the API checks the range),
+        replacing any it had. The account need not have keys or batches yet."""
+
+    async def account_weights(self) -> dict[str, float]:
+        """Every account given a weight, with it; an account missing here counts as 1."""

@@ -1,5 +1,5 @@
-"""The PostgreSQL verbs on access: API keys, roles, the secrets nodes share, and names
-used once."""
+"""The PostgreSQL verbs on access: API keys, roles, account weights, the secrets nodes
+share, and names used once."""
 
 from __future__ import annotations
 
@@ -86,6 +86,20 @@ class AccessVerbs(Verbs):
                 "SELECT account, name, actions, operations FROM roles WHERE account=$1"
                 ' ORDER BY name COLLATE "C"', account)
         return [(r["account"], _role(r)) for r in rows]
+
+    # -- account weights ------------------------------------------------------
+
+    async def set_account_weight(self, account: str, weight: float) -> None:
+        await self._fetchrow(
+            "INSERT INTO account_weights (account, weight, updated_at)"
+            f" VALUES ($1, $2, {_NOW_S}) ON CONFLICT (account) DO UPDATE"
+            " SET weight = excluded.weight, updated_at = excluded.updated_at",
+            account, float(weight), read=False,
+        )
+
+    async def account_weights(self) -> dict[str, float]:
+        rows = await self._fetch("SELECT account, weight FROM account_weights")
+        return {r["account"]: float(r["weight"]) for r in rows}
 
     # -- secrets --------------------------------------------------------------
 

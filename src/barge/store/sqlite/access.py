@@ -1,5 +1,5 @@
-"""The SQLite verbs on access: API keys, roles, the secrets nodes share, and names used
-once."""
+"""The SQLite verbs on access: API keys, roles, account weights, the secrets nodes share,
+and names used once."""
 
 from __future__ import annotations
 
@@ -97,6 +97,26 @@ class AccessVerbs(Verbs):
                 rows = db.execute("SELECT account, name, actions, operations FROM roles"
                                   " WHERE account=? ORDER BY name", (account,))
             return [(r["account"], _role(r)) for r in rows.fetchall()]
+
+        return await self._read(q)
+
+    # -- account weights ------------------------------------------------------
+
+    async def set_account_weight(self, account: str, weight: float) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO account_weights (account, weight, updated_at) VALUES (?,?,?)"
+                " ON CONFLICT (account) DO UPDATE SET weight=excluded.weight,"
+                " updated_at=excluded.updated_at",
+                (account, float(weight), int(time.time())),
+            )
+
+        await self._run(q)
+
+    async def account_weights(self) -> dict[str, float]:
+        def q(db: sqlite3.Connection) -> dict[str, float]:
+            rows = db.execute("SELECT account, weight FROM account_weights").fetchall()
+            return {r["account"]: float(r["weight"]) for r in rows}
 
         return await self._read(q)
 

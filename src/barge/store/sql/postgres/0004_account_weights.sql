@@ -1,0 +1,9 @@
+-- Barge schema for PostgreSQL, version 4 (SQLite's version 10): each account's weight,
+-- its share of the upstream when accounts compete for it (``set_account_weight``; see
+-- README.md, "Accounts, keys and roles"). Only accounts given a weight have a row; the
+-- engine counts the rest as 1.
+CREATE TABLE account_weights (
+    account     TEXT PRIMARY KEY,
+    weight      DOUBLE PRECISION NOT NULL,
+    updated_at  BIGINT NOT NULL
+);

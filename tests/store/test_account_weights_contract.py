@@ -1,0 +1,85 @@
+"""The Store contract, continued: account weights, an account's share of the upstream
+when accounts compete for it. Every store of ``STORE_FACTORIES`` (test_store_contract.py)
+runs it, with that module's fixtures (through conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from store.test_store_contract import ACCT, OTHER
+
+from barge.store.protocol import Store
+
+
+class TestAccountWeights:
+    @pytest.mark.asyncio
+    async def test_none_until_one_is_set(self, store: Store) -> None:
+        assert await store.account_weights() == {}
+
+    @pytest.mark.asyncio
+    async def test_set_and_read_back(self, store: Store) -> None:
+        await store.set_account_weight(ACCT, 3)
+        await store.set_account_weight(OTHER, 0.25)
+        weights = await store.account_weights()
+        assert weights == {ACCT: 3.0, OTHER: 0.25}
+        assert all(type(w) is float for w in weights.values())
+
+    @pytest.mark.asyncio
+    async def test_setting_again_replaces_the_weight(self, store: Store) -> None:
+        await store.set_account_weight(ACCT, 2.5)
+        await store.set_account_weight(ACCT, 1000)
+        await store.set_account_weight(ACCT, 0.001)
+        assert await store.account_weights() == {ACCT: 0.001}
+
+    @pytest.mark.asyncio
+    async def test_an_account_needs_no_keys_or_batches(self, store: Store) -> None:
+        """A weight may be set before the account has anything; other verbs ignore it."""
+        await store.set_account_weight("team-new", 7)
+        assert await store.account_weights() == {"team-new": 7.0}
+        assert await store.list_keys() == []
+        assert await store.list_roles("team-new") == []
+
+    @pytest.mark.asyncio
+    async def test_exact_fractions_survive(self, store: Store) -> None:
+        weight = 1 / 3
+        await store.set_account_weight(ACCT, weight)
+        assert await store.account_weights() == {ACCT: weight}
+
+    @pytest.mark.asyncio
+    async def test_every_store_on_the_data_sees_it(self, store: Store,
+                                                   second: Store) -> None:
+        await store.set_account_weight(ACCT, 4)
+        assert await second.account_weights() == {ACCT: 4.0}
+        await second.set_account_weight(ACCT, 5)
+        await second.set_account_weight(OTHER, 6)
+        assert await store.account_weights() == {ACCT: 5.0, OTHER: 6.0}
+
+    @pytest.mark.asyncio
+    async def test_concurrent_setters_leave_one_of_their_values(
+        self, store: Store, second: Store
+    ) -> None:
+        values = [float(v) for v in range(1, 21)]
+        await asyncio.gather(*(
+            (store if i % 2 else second).set_account_weight(ACCT, v)
+            for i, v in enumerate(values)
+        ))
+        weights = await store.account_weights()
+        assert set(weights) == {ACCT} and weights[ACCT] in values
+        assert await second.account_weights() == weights
+
+    @pytest.mark.asyncio
+    async def test_weights_outlast_a_restart(self, make_store: Callable[[], Store]) -> None:
+        first = make_store()
+        await first.open()
+        try:
+            await first.set_account_weight(ACCT, 12.5)
+        finally:
+            await first.close()
+        again = make_store()
+        await again.open()
+        try:
+            assert await again.account_weights() == {ACCT: 12.5}
+        finally:
+            await again.close()
