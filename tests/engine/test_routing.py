@@ -134,3 +134,26 @@ async def test_model_alias_rewrites_the_model_on_the_way_out(tmp_path: Path) -> 
     assert b_.status is Status.COMPLETED
     assert sorted(seen) == ["llama-3.1-70b", "llama-3.1-8b"]
     assert {o["custom_id"] for o in out} == {"x-0", "x-1"}
+
+
+@pytest.mark.asyncio
+async def test_a_replica_that_answers_500_leaves_the_rotation(tmp_path: Path) -> None:
+    async with UpstreamServer(UpstreamConfig(fail_all_status=500)) as bad, \
+            UpstreamServer(UpstreamConfig(latency=0.01)) as good:
+        specs = (
+            UpstreamSpec("bad", bad.base_url, concurrency=8),
+            UpstreamSpec("good", good.base_url, concurrency=8),
+        )
+        settings = fast_settings(tmp_path / "data", good.base_url, upstreams=specs,
+                                 max_attempts=5, backoff_max=2.0)
+        async with App(settings) as app:
+            b_ = await wait_for_batch(app, await submit(app, mixed(600, 0)), timeout=60)
+            out, err = results(app, b_)
+            out_of_rotation = app.router.routes[0].breaker.opened
+    assert b_.status is Status.COMPLETED
+    assert err == []  # retried on the good replica, every one
+    assert_each_once(out, err, {f"m-{i}" for i in range(600)})
+    assert out_of_rotation
+    # Five failures took it out; after that only its half-open probes reached it.
+    assert bad.stats.total < 40, bad.stats.total
+    assert good.stats.by_status[200] == 600

@@ -24,7 +24,7 @@ from barge.domain.validation import is_blank
 from barge.engine.finalize import Merged, Sink, expire_missing, open_sinks
 from barge.engine.pool import Job, Lane, SliceTracker, WorkerPool
 from barge.exceptions import Fenced
-from barge.store.protocol import Lease, SliceProgress, Store
+from barge.store.protocol import Lease, SliceProgress, Store, StoredResult
 
 log = logging.getLogger("barge.engine")
 
@@ -305,7 +305,7 @@ async def merge_stored(
     return Merged(*await asyncio.to_thread(lambda: (out.close(), err.close())))
 
 
-def _write_page(page: list, out: Sink, err: Sink,  # type: ignore[type-arg]
+def _write_page(page: list[StoredResult], out: Sink, err: Sink,
                 open_slices: dict[int, bytearray]) -> None:
     for r in page:
         (out if r.ok else err).add(r.line)
