@@ -1,4 +1,4 @@
-"""Account weights over the admin API (``GET``/``PATCH /v1/admin/accounts/{account}``),
+"""Account weights and limits over the admin API (``GET``/``PATCH /v1/admin/accounts/{account}``),
 against a real ``barge serve``: who may read and set them, what a weight may be, and
 what the answers look like."""
 
@@ -40,7 +40,8 @@ def test_an_account_never_weighted_has_weight_1(shared_barge: BargeProcess) -> N
     account = unique("unweighted")
     r = _get(shared_barge, account)
     assert r.status_code == 200, r.text
-    assert r.json() == {"object": "account", "id": account, "weight": 1}
+    assert r.json() == {"object": "account", "id": account, "weight": 1,
+                        "max_in_flight": None, "tokens_per_minute": None}
 
 
 def test_set_and_read_back(shared_barge: BargeProcess) -> None:
@@ -48,7 +49,8 @@ def test_set_and_read_back(shared_barge: BargeProcess) -> None:
     for weight in (2.5, 1000, 0.001, 3):
         r = _patch(shared_barge, account, {"weight": weight})
         assert r.status_code == 200, r.text
-        assert r.json() == {"object": "account", "id": account, "weight": weight}
+        assert r.json() == {"object": "account", "id": account, "weight": weight,
+                            "max_in_flight": None, "tokens_per_minute": None}
         got = _get(shared_barge, account)
         assert got.status_code == 200, got.text
         assert got.json() == r.json()
@@ -151,3 +153,62 @@ def test_other_methods_are_not_allowed(shared_barge: BargeProcess) -> None:
                           json={"weight": 5})
         assert r.status_code == 405, (method, r.status_code, r.text)
     assert _weight(shared_barge, account) == 1
+
+
+def _limits(barge: BargeProcess, account: str) -> tuple[Any, Any, Any]:
+    r = _get(barge, account)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["weight"], body["max_in_flight"], body["tokens_per_minute"]
+
+
+def test_limits_set_read_back_and_clear(shared_barge: BargeProcess) -> None:
+    account = unique("limited")
+    r = _patch(shared_barge, account, {"max_in_flight": 2})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"object": "account", "id": account, "weight": 1,
+                        "max_in_flight": 2, "tokens_per_minute": None}
+    assert _get(shared_barge, account).json() == r.json()
+    # What a body leaves out stays.
+    r = _patch(shared_barge, account, {"tokens_per_minute": 6000, "weight": 3})
+    assert r.status_code == 200, r.text
+    assert _limits(shared_barge, account) == (3, 2, 6000)
+    r = _patch(shared_barge, account, {"weight": 0.5})
+    assert r.status_code == 200, r.text
+    assert r.json()["max_in_flight"] == 2 and r.json()["tokens_per_minute"] == 6000
+    # null clears one.
+    r = _patch(shared_barge, account, {"max_in_flight": None})
+    assert r.status_code == 200, r.text
+    assert _limits(shared_barge, account) == (0.5, None, 6000)
+    r = _patch(shared_barge, account, {"tokens_per_minute": None, "max_in_flight": 10**6})
+    assert r.status_code == 200, r.text
+    assert _limits(shared_barge, account) == (0.5, 10**6, None)
+    assert _limits(shared_barge, unique("bystander")) == (1, None, None)
+
+
+@pytest.mark.parametrize("param", ["max_in_flight", "tokens_per_minute"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, 2.0, "2", True, False, [2], {"n": 2},
+                                   10**13], ids=repr)
+def test_an_invalid_limit_is_400_with_its_name_and_changes_nothing(
+        shared_barge: BargeProcess, param: str, value: Any) -> None:
+    account = unique("bad-limit")
+    assert _patch(shared_barge, account, {"weight": 2, param: 5}).status_code == 200
+    # The whole body is refused, its valid parts too.
+    err = http_error(_patch(shared_barge, account, {"weight": 4, param: value}),
+                     status=400, param=param, code=f"invalid_{param}")
+    assert param in err["message"], err
+    weight, mif, tpm = _limits(shared_barge, account)
+    assert weight == 2 and (mif if param == "max_in_flight" else tpm) == 5
+
+
+def test_a_stored_admin_key_reads_its_limits_but_never_sets_them(
+        shared_barge: BargeProcess) -> None:
+    account = unique("own-limits")
+    _, secret = api_key(shared_barge, "admin", account)
+    assert _patch(shared_barge, account, {"max_in_flight": 3}).status_code == 200
+    for body in ({"max_in_flight": None}, {"tokens_per_minute": 10**6}):
+        http_error(_patch(shared_barge, account, body, key=secret), status=403,
+                   param="account", code="permission_denied")
+    r = _get(shared_barge, account, key=secret)
+    assert r.status_code == 200, r.text
+    assert r.json()["max_in_flight"] == 3 and r.json()["tokens_per_minute"] is None

@@ -83,15 +83,17 @@ async def test_requests_go_to_upstreams_serving_their_model_in_proportion_to_cap
 @pytest.mark.asyncio
 async def test_a_replica_down_mid_batch_its_requests_finish_elsewhere(tmp_path: Path) -> None:
     async with UpstreamServer(UpstreamConfig(latency=0.02)) as a, \
-            UpstreamServer(UpstreamConfig(latency=0.02)) as b:
+            UpstreamServer(UpstreamConfig(latency=0.02)) as b, \
+            UpstreamServer(UpstreamConfig(latency=0.02)) as c:
         specs = (
-            UpstreamSpec("a", a.base_url, models=("*",), concurrency=8),
-            UpstreamSpec("b", b.base_url, models=("*",), concurrency=8),
+            UpstreamSpec("a", a.base_url, models=("llama-*",), concurrency=8),
+            UpstreamSpec("b", b.base_url, models=("llama-*",), concurrency=8),
+            UpstreamSpec("c", c.base_url, models=("qwen-*",), concurrency=4),
         )
         settings = fast_settings(tmp_path / "data", a.base_url, upstreams=specs,
                                  max_attempts=2, backoff_max=0.5)
         async with App(settings) as app:
-            batch_id = await submit(app, mixed(1200, 0))
+            batch_id = await submit(app, mixed(1200, 200))
             while a.stats.total < 150:
                 await asyncio.sleep(0.01)
             await a.stop()  # replica a goes down mid-batch: refused connections
@@ -106,7 +108,9 @@ async def test_a_replica_down_mid_batch_its_requests_finish_elsewhere(tmp_path: 
             back_in_rotation = not app.router.routes[0].breaker.opened
     assert b_.status is Status.COMPLETED
     assert err == []  # with 2 attempts each: the refusals used none of them
-    assert_each_once(out, err, {f"m-{i}" for i in range(1200)})
+    assert_each_once(out, err, {f"m-{i}" for i in range(1200)} | {f"n-{i}" for i in range(200)})
+    assert set(received(c)) == {f"n-{i}" for i in range(200)}  # the other model, untouched
+    assert c.stats.max_in_flight <= 4
     assert b_during > 100  # the other replica took the work while a was down
     assert a.stats.by_status[200] + b.stats.by_status[200] == 1200
     assert a.stats.max_in_flight <= 8 and b.stats.max_in_flight <= 8

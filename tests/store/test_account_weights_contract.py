@@ -1,6 +1,7 @@
 """The Store contract, continued: account weights, an account's share of the upstream
-when accounts compete for it. Every store of ``STORE_FACTORIES`` (test_store_contract.py)
-runs it, with that module's fixtures (through conftest.py)."""
+when accounts compete for it, and its optional limits (``AccountSettings``). Every store
+of ``STORE_FACTORIES`` (test_store_contract.py) runs it, with that module's fixtures
+(through conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from store.test_store_contract import ACCT, OTHER
 
-from barge.store.protocol import Store
+from barge.store.protocol import AccountSettings, Store
 
 
 class TestAccountWeights:
@@ -81,5 +82,62 @@ class TestAccountWeights:
         await again.open()
         try:
             assert await again.account_weights() == {ACCT: 12.5}
+        finally:
+            await again.close()
+
+
+class TestAccountSettings:
+    @pytest.mark.asyncio
+    async def test_none_until_some_are_set(self, store: Store) -> None:
+        assert await store.account_settings() == {}
+
+    @pytest.mark.asyncio
+    async def test_set_and_read_back(self, store: Store) -> None:
+        full = AccountSettings(2.5, max_in_flight=3, tokens_per_minute=10**12)
+        await store.set_account_settings(ACCT, full)
+        await store.set_account_settings(OTHER, AccountSettings(tokens_per_minute=600))
+        settings = await store.account_settings()
+        assert settings == {ACCT: full, OTHER: AccountSettings(1.0, None, 600)}
+        assert all(type(s.weight) is float for s in settings.values())
+        assert type(settings[ACCT].max_in_flight) is int
+        assert type(settings[ACCT].tokens_per_minute) is int
+        assert await store.account_weights() == {ACCT: 2.5, OTHER: 1.0}
+
+    @pytest.mark.asyncio
+    async def test_setting_again_replaces_all_of_them(self, store: Store) -> None:
+        await store.set_account_settings(ACCT, AccountSettings(4, 2, 100))
+        await store.set_account_settings(ACCT, AccountSettings(0.5, None, 7))
+        assert await store.account_settings() == {ACCT: AccountSettings(0.5, None, 7)}
+        await store.set_account_settings(ACCT, AccountSettings(0.5))
+        assert await store.account_settings() == {ACCT: AccountSettings(0.5)}
+
+    @pytest.mark.asyncio
+    async def test_setting_a_weight_keeps_the_limits(self, store: Store) -> None:
+        await store.set_account_settings(ACCT, AccountSettings(4, 2, 100))
+        await store.set_account_weight(ACCT, 9)
+        await store.set_account_weight(OTHER, 3)
+        assert await store.account_settings() == {ACCT: AccountSettings(9, 2, 100),
+                                                   OTHER: AccountSettings(3)}
+
+    @pytest.mark.asyncio
+    async def test_every_store_on_the_data_sees_them(self, store: Store,
+                                                     second: Store) -> None:
+        await store.set_account_settings(ACCT, AccountSettings(1, 5, None))
+        assert await second.account_settings() == {ACCT: AccountSettings(1, 5, None)}
+        await second.set_account_settings(ACCT, AccountSettings(1, None, 60))
+        assert await store.account_settings() == {ACCT: AccountSettings(1, None, 60)}
+
+    @pytest.mark.asyncio
+    async def test_settings_outlast_a_restart(self, make_store: Callable[[], Store]) -> None:
+        first = make_store()
+        await first.open()
+        try:
+            await first.set_account_settings(ACCT, AccountSettings(1 / 3, 1, 2**40))
+        finally:
+            await first.close()
+        again = make_store()
+        await again.open()
+        try:
+            assert await again.account_settings() == {ACCT: AccountSettings(1 / 3, 1, 2**40)}
         finally:
             await again.close()

@@ -79,7 +79,8 @@ def test_parser_finds_the_four_tables() -> None:
     assert {"lease_tokens", "nodes"} <= set(tables)
     assert tables["results"] == ["batch_id", "slice_no", "idx", "ok", "line"]
     assert tables["secrets"] == ["name", "value"]
-    assert tables["account_weights"] == ["account", "weight", "updated_at"]
+    assert tables["account_weights"] == ["account", "weight", "updated_at",
+                                         "max_in_flight", "tokens_per_minute"]
 
 
 @pytest.mark.asyncio

@@ -1,15 +1,16 @@
-"""``/v1/admin``: keys, roles and account weights, for callers whose role allows
+"""``/v1/admin``: keys, roles and account weights and limits, for callers whose role allows
 ``manage_keys``.
 
 A stored key manages its own account only: its keys, its custom roles and its weight. It
 may hand on only what its own role holds (a key's role, a new role's actions and
 operations), and only admin keys make admin keys; likewise it revokes only keys whose role
-it could grant (and itself). Only admin keys set a weight. The server's admin key manages
+it could grant (and itself). Only admin keys set a weight or limits. The server's admin key manages
 every account."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -28,12 +29,16 @@ from barge.domain.permissions import (
 )
 from barge.exceptions import InvalidRequest, NotFound, PermissionDenied
 from barge.keys import check_account, check_grant, create_key
+from barge.store.protocol import AccountSettings
 
 router = APIRouter(prefix="/v1/admin")
 Admin = Annotated[Caller, Depends(require(Action.MANAGE_KEYS))]
 
 MAX_WEIGHT = 1000.0  # an account's weight is above 0 and at most this
 DEFAULT_WEIGHT = 1.0  # the weight of an account never given one
+MAX_IN_FLIGHT = 1_000_000  # an account's max_in_flight is at least 1 and at most this
+MAX_TOKENS_PER_MINUTE = 10**12  # likewise its tokens_per_minute
+SETTINGS = ("weight", "max_in_flight", "tokens_per_minute")
 
 
 def key_object(k: KeyRecord) -> dict[str, Any]:
@@ -151,14 +156,13 @@ async def create_role(request: Request, caller: Admin) -> JSON:
     return JSON(role_object(role, account))
 
 
-def account_object(account: str, weight: float) -> dict[str, Any]:
-    return {"object": "account", "id": account, "weight": weight}
+def account_object(account: str, settings: AccountSettings) -> dict[str, Any]:
+    return {"object": "account", "id": account, "weight": settings.weight,
+            "max_in_flight": settings.max_in_flight,
+            "tokens_per_minute": settings.tokens_per_minute}
 
 
 def _weight(body: dict[str, Any]) -> float:
-    if "weight" not in body:
-        raise InvalidRequest("Missing required parameter: 'weight'.", param="weight",
-                             code="missing_required_parameter")
     value = body["weight"]
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or not 0 < value <= MAX_WEIGHT:
@@ -169,21 +173,52 @@ def _weight(body: dict[str, Any]) -> float:
     return float(value)
 
 
+def _limit(body: dict[str, Any], param: str, most: int) -> int | None:
+    """A limit: a whole number from 1 to ``most``, or null (no limit)."""
+    value = body[param]
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= most:
+        raise InvalidRequest(
+            f"'{param}' must be a whole number from 1 to {most}, or null for no limit.",
+            param=param, code=f"invalid_{param}",
+        )
+    return value
+
+
+def _settings(body: dict[str, Any], current: AccountSettings) -> AccountSettings:
+    """``current`` with what ``body`` sets (at least one of ``SETTINGS``)."""
+    if not any(name in body for name in SETTINGS):
+        raise InvalidRequest("Missing required parameter: 'weight'.", param="weight",
+                             code="missing_required_parameter")
+    changes: dict[str, Any] = {}
+    if "weight" in body:
+        changes["weight"] = _weight(body)
+    if "max_in_flight" in body:
+        changes["max_in_flight"] = _limit(body, "max_in_flight", MAX_IN_FLIGHT)
+    if "tokens_per_minute" in body:
+        changes["tokens_per_minute"] = _limit(body, "tokens_per_minute",
+                                              MAX_TOKENS_PER_MINUTE)
+    return replace(current, **changes)
+
+
 @router.get("/accounts/{account}")
 async def get_account(request: Request, caller: Admin, account: str) -> JSON:
-    """The account's weight: its share of the upstream when accounts compete for it (1
-    when never set)."""
+    """The account's weight (its share of the upstream when accounts compete for it; 1
+    when never set) and its limits (null when not set)."""
     check_account(_own_account(caller, account))
-    weights = await app_of(request).store.account_weights()
-    return JSON(account_object(account, weights.get(account, DEFAULT_WEIGHT)))
+    settings = await app_of(request).store.account_settings()
+    return JSON(account_object(account, settings.get(account, AccountSettings())))
 
 
 @router.patch("/accounts/{account}")
 async def update_account(request: Request, caller: Admin, account: str) -> JSON:
-    """Set the account's weight: ``{"weight": N}``, 0 < N <= 1000. The server's admin
-    key only: a weight is the account's share against every other account, so an
-    account's own keys, admin or not, may read it but never raise it. The account need
-    not have keys yet."""
+    """Set the account's weight, ``{"weight": N}`` with 0 < N <= 1000, and/or its limits,
+    ``max_in_flight`` and ``tokens_per_minute`` (whole numbers from 1; null clears one);
+    what the body leaves out stays. The server's admin key only: a weight is the
+    account's share against every other account, so an account's own keys, admin or
+    not, may read it but never raise it (nor lift a limit). The account need not have
+    keys yet."""
     check_account(account)
     if not caller.manages_all_accounts:
         raise PermissionDenied(
@@ -196,6 +231,9 @@ async def update_account(request: Request, caller: Admin, account: str) -> JSON:
             f"Only admin keys set an account's weight; this key's role is "
             f"'{caller.role.name}'.", code="permission_denied",
         )
-    weight = _weight(await json_object(request))
-    await app_of(request).store.set_account_weight(account, weight)
-    return JSON(account_object(account, weight))
+    body = await json_object(request)
+    store = app_of(request).store
+    current = (await store.account_settings()).get(account, AccountSettings())
+    settings = _settings(body, current)
+    await store.set_account_settings(account, settings)
+    return JSON(account_object(account, settings))

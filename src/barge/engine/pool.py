@@ -15,6 +15,14 @@ level with the others, never with turns saved up. Workers take a request only on
 upstream has room for it, so requests wait here, fairly, rather than in a first-come
 queue.
 
+An account may also have limits (set by an admin; none by default): the most of its
+requests in flight at once on this node (``max_in_flight``) and its tokens a minute
+(``tokens_per_minute``: a paced bucket as for an upstream's budget, charged each
+request's estimate and corrected by its usage). Workers pass over an account at a limit
+(it gets its turn when it is back under it, never more turns for the wait); when every
+account with queued requests is at one, they wait until a request of one finishes or its
+bucket refills. An account without limits costs nothing more.
+
 A batch whose window ends cannot use what its requests in flight would bring: ``abort``
 cuts those requests off at once (their results are never recorded, so each goes to the
 error file as ``batch_expired``) instead of letting them run up to the upstream timeout."""
@@ -30,8 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 from barge.domain.usage import NO_USAGE, Usage
 from barge.engine.dispatch import Dispatcher
+from barge.engine.pacing import Bucket, estimate_tokens
+from barge.store.protocol import AccountSettings
 
 log = logging.getLogger("barge.pool")
 
@@ -104,13 +116,40 @@ class Lane:
         return max(0, int(self.deadline - now) // 60)
 
 
+class _Limit:
+    """An account's limits on this node, and what it uses of them now."""
+
+    __slots__ = ("bucket", "in_flight", "max_in_flight", "tokens_per_minute")
+
+    def __init__(self) -> None:
+        self.max_in_flight: int | None = None
+        self.tokens_per_minute: int | None = None
+        self.bucket: Bucket | None = None
+        self.in_flight = 0  # its requests taken and not yet finished
+
+    def set(self, settings: AccountSettings, now: float) -> None:
+        self.max_in_flight = settings.max_in_flight
+        tpm = settings.tokens_per_minute
+        if tpm != self.tokens_per_minute:
+            self.tokens_per_minute = tpm
+            self.bucket = Bucket(tpm, now=now) if tpm else None
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until it may send another request: 0 now, None when it waits for one
+        of its requests in flight to finish."""
+        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            return None
+        return 0.0 if self.bucket is None else self.bucket.wait(now)
+
+
 class _Account:
     """An account's lanes that have requests queued, and its place in the rotation."""
 
-    __slots__ = ("lanes", "pass_", "vtime", "weight")
+    __slots__ = ("lanes", "limit", "pass_", "vtime", "weight")
 
-    def __init__(self, weight: float) -> None:
+    def __init__(self, weight: float, limit: _Limit | None = None) -> None:
         self.weight = weight
+        self.limit = limit  # None: no limits
         self.lanes: list[Lane] = []
         self.pass_ = 0.0
         self.vtime = 0.0  # the pass of its lane served last: where a returning lane starts
@@ -142,6 +181,9 @@ class WorkerPool:
         # Accounts with queued requests; each with its lanes that have some.
         self._accounts: dict[str, _Account] = {}
         self._weights: dict[str, float] = {}  # set by an admin; 1 when absent
+        self._limits: dict[str, _Limit] = {}  # accounts with limits; none when absent
+        self._timer: asyncio.TimerHandle | None = None  # wakes a worker: a bucket refilled
+        self._timer_at = 0.0
         self._vtime = 0.0  # the pass of the account served last
         self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for a request
         self._workers: list[_Worker] = []
@@ -163,6 +205,22 @@ class WorkerPool:
         for name, acct in self._accounts.items():
             acct.weight = self._weights.get(name, 1.0)
 
+    def set_settings(self, settings: dict[str, AccountSettings]) -> None:
+        """Accounts' weights and limits (those absent: weight 1, no limits), from now
+        on. An account keeps counting its requests in flight across changes."""
+        now = time.monotonic()
+        limits: dict[str, _Limit] = {}
+        for name, s in settings.items():
+            if s.limited:
+                limit = self._limits.get(name) or _Limit()
+                limit.set(s, now)
+                limits[name] = limit
+        self._limits = limits
+        self.set_weights({name: s.weight for name, s in settings.items()})
+        for name, acct in self._accounts.items():
+            acct.limit = limits.get(name)
+        self._wake_worker()  # a limit raised or lifted may let a waiting one go
+
     async def submit(self, lane: Lane, job: Job) -> None:
         """Queue a request in its batch's lane; waits while the lane (or the pool) is full.
         A request whose batch stopped while it waited is not queued."""
@@ -182,6 +240,10 @@ class WorkerPool:
         self._queued += 1
         if not lane.listed:
             self._list(lane)
+        self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        """Wake one idle worker, if any."""
         while self._idle:
             worker = self._idle.popleft()
             if not worker.done():
@@ -211,6 +273,9 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closing = True  # a worker cut off by ``abort`` now stops too
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         tasks = [w.task for w in self._workers if w.task is not None]
         for task in tasks:
             task.cancel()
@@ -222,7 +287,8 @@ class WorkerPool:
         lane.listed = True
         acct = self._accounts.get(lane.account)
         if acct is None:
-            acct = _Account(self._weights.get(lane.account, 1.0))
+            acct = _Account(self._weights.get(lane.account, 1.0),
+                            self._limits.get(lane.account))
             acct.pass_ = self._vtime
             self._accounts[lane.account] = acct
         lane.pass_ = max(lane.pass_, acct.vtime)
@@ -237,9 +303,10 @@ class WorkerPool:
             if not acct.lanes:
                 del self._accounts[lane.account]
 
-    def _take(self) -> tuple[Lane, Job] | None:
-        """The next request: the account furthest behind its share, then its lane
-        furthest behind its own."""
+    def _take(self) -> tuple[Lane, Job, _Limit | None, int] | None:
+        """The next request: the account furthest behind its share (and under its
+        limits), then its lane furthest behind its own; with the account's limits, if
+        any, and the tokens charged to them."""
         accounts = self._accounts
         if not accounts:
             return None
@@ -248,10 +315,24 @@ class WorkerPool:
             acct = next(iter(accounts.values()))
         else:
             acct = min(accounts.values(), key=_pass)
+        limit = acct.limit
+        if limit is not None:
+            picked = self._under_limits(acct)
+            if picked is None:
+                return None
+            acct, limit = picked, picked.limit
         lanes = acct.lanes
         lane = lanes[0] if len(lanes) == 1 else min(lanes, key=_pass)
         job = lane.jobs.popleft()
         self._queued -= 1
+        cost = 0
+        if limit is not None:
+            limit.in_flight += 1
+            if limit.bucket is not None:
+                cost = _tokens_of(job.raw)
+                limit.bucket.take(cost, time.monotonic())
+            if self._queued:
+                self._wake_worker()  # another may go too; if not, it waits again
         urgency = lane.urgency(now)
         self._vtime, acct.vtime = acct.pass_, lane.pass_
         lane.pass_ += 1.0 / urgency
@@ -260,7 +341,61 @@ class WorkerPool:
         if not lane.jobs:
             self._unlist(lane)
         self._wake_reader(lane)
-        return lane, job
+        return lane, job, limit, cost
+
+    def _under_limits(self, first: _Account) -> _Account | None:
+        """The account furthest behind its share that is under its limits, ``first``
+        (the furthest of all) if it is; accounts passed over come level with the one
+        taken, so they save up no turns while they wait. None when all are at a limit:
+        then a timer wakes a worker when the first bucket refills (a request that
+        finishes wakes one too)."""
+        now = time.monotonic()
+        limit = first.limit
+        if limit is None or limit.wait(now) == 0.0:
+            return first
+        soonest: float | None = None
+        passed: list[_Account] = []
+        for acct in sorted(self._accounts.values(), key=_pass):
+            limit = acct.limit
+            wait = 0.0 if limit is None else limit.wait(now)
+            if wait == 0.0:
+                for other in passed:
+                    other.pass_ = max(other.pass_, acct.pass_)
+                return acct
+            passed.append(acct)
+            if wait is not None and (soonest is None or wait < soonest):
+                soonest = wait
+        if soonest is not None:
+            self._wake_at(now + soonest)
+        return None
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        delay = max(0.0, when - time.monotonic()) + 0.001
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake_worker()
+
+    def _finished(self, limit: _Limit, cost: int, sent: bool, usage: Usage) -> None:
+        """A request of an account with limits finished (``sent``: it reached the
+        upstream; ``usage``: what the upstream said it used)."""
+        limit.in_flight -= 1
+        bucket = limit.bucket
+        if bucket is not None and cost:
+            if not sent:
+                bucket.adjust(-cost, time.monotonic())
+            elif usage:
+                used = usage.input_tokens + usage.output_tokens
+                if used > 0:
+                    bucket.adjust(used - cost, time.monotonic())
+        if self._queued:
+            self._wake_worker()
 
     @staticmethod
     def _wake_reader(lane: Lane) -> None:
@@ -285,16 +420,19 @@ class WorkerPool:
                         self._idle.remove(idle)
                     raise
                 continue
-            lane, job = taken
+            lane, job, limit, cost = taken
+            sent, usage = False, NO_USAGE
             try:
                 if not job.stopping():  # a stopped batch's queued requests are never sent
                     me.lane = lane
+                    sent = True
                     try:
                         result = await self._dispatcher.execute(
                             job.raw, job.stopping, priority=lane.priority(time.time()))
                     finally:
                         me.lane = None
                     if result is not None:
+                        usage = result.usage
                         job.tracker.writer.append(job.index, result.ok, result.line,
                                                   result.usage)
             except asyncio.CancelledError:
@@ -307,7 +445,19 @@ class WorkerPool:
                 log.exception("worker failed on a request; it will be sent again on resume")
             finally:
                 job.tracker.finish_one()
+                if limit is not None:
+                    self._finished(limit, cost, sent, usage)
 
 
 def _pass(x: Lane | _Account) -> float:
     return x.pass_
+
+
+def _tokens_of(raw: bytes) -> int:
+    """A request line's tokens, estimated before it is sent (0 when unreadable: the
+    dispatcher reports it)."""
+    try:
+        line = orjson.loads(raw)
+        return estimate_tokens(line["url"], line["body"])
+    except Exception:
+        return 0

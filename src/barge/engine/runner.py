@@ -154,8 +154,9 @@ class Engine:
             await self._budget.stop()
 
     async def refresh_weights(self) -> None:
-        """Read the accounts' weights now (the loop also does every few seconds)."""
-        self._pool.set_weights(await self._store.account_weights())
+        """Read the accounts' weights and limits now (the loop also does every few
+        seconds)."""
+        self._pool.set_settings(await self._store.account_settings())
 
     def poke(self, batch_id: str | None = None, *, cancel: bool = False) -> None:
         """Look for work now; with ``cancel``, stop dispatching ``batch_id`` at once."""

@@ -38,6 +38,21 @@ class SliceProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """What an admin set for an account: its weight (its share of the upstream when
+    accounts compete for it) and its optional limits on this node's requests — the most
+    in flight at once, and its tokens a minute (None: no limit)."""
+
+    weight: float = 1.0
+    max_in_flight: int | None = None
+    tokens_per_minute: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_in_flight is not None or self.tokens_per_minute is not None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredResult:
     """One result record as the store keeps it (``slice_results``)."""
 
@@ -299,3 +314,12 @@ class Store(Protocol):
 
     async def account_weights(self) -> dict[str, float]:
         """Every account given a weight, with it; an account missing here counts as 1."""
+
+    async def set_account_settings(self, account: str, settings: AccountSettings) -> None:
+        """Set all of ``account``'s settings at once (its weight as for
+        ``set_account_weight``; a limit, when not None, at least 1), replacing what it had.
+        ``set_account_weight`` keeps the limits."""
+
+    async def account_settings(self) -> dict[str, AccountSettings]:
+        """Every account given a weight or limits, with them; one missing here has the
+        defaults (``AccountSettings()``)."""

@@ -12,7 +12,7 @@ from barge.domain.permissions import Role, make_role
 from barge.exceptions import Conflict, NotFound
 from barge.store.postgres.base import Verbs
 from barge.store.postgres.rows import _NOW_S
-from barge.store.protocol import USE_ONCE_SLACK
+from barge.store.protocol import USE_ONCE_SLACK, AccountSettings
 
 # Most expired ``used_once`` rows one ``use_once`` call purges.
 PURGE_LIMIT = 100
@@ -20,6 +20,12 @@ PURGE_LIMIT = 100
 
 def _role(row: Any) -> Role:
     return make_role(row["name"], orjson.loads(row["actions"]), orjson.loads(row["operations"]))
+
+
+def _settings(row: Any) -> AccountSettings:
+    mif, tpm = row["max_in_flight"], row["tokens_per_minute"]
+    return AccountSettings(float(row["weight"]), None if mif is None else int(mif),
+                           None if tpm is None else int(tpm))
 
 
 class AccessVerbs(Verbs):
@@ -100,6 +106,23 @@ class AccessVerbs(Verbs):
     async def account_weights(self) -> dict[str, float]:
         rows = await self._fetch("SELECT account, weight FROM account_weights")
         return {r["account"]: float(r["weight"]) for r in rows}
+
+    async def set_account_settings(self, account: str, settings: AccountSettings) -> None:
+        await self._fetchrow(
+            "INSERT INTO account_weights"
+            " (account, weight, max_in_flight, tokens_per_minute, updated_at)"
+            f" VALUES ($1, $2, $3, $4, {_NOW_S}) ON CONFLICT (account) DO UPDATE"
+            " SET weight = excluded.weight, max_in_flight = excluded.max_in_flight,"
+            " tokens_per_minute = excluded.tokens_per_minute,"
+            " updated_at = excluded.updated_at",
+            account, float(settings.weight), settings.max_in_flight,
+            settings.tokens_per_minute, read=False,
+        )
+
+    async def account_settings(self) -> dict[str, AccountSettings]:
+        rows = await self._fetch("SELECT account, weight, max_in_flight, tokens_per_minute"
+                                 " FROM account_weights")
+        return {r["account"]: _settings(r) for r in rows}
 
     # -- secrets --------------------------------------------------------------
 

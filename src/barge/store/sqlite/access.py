@@ -11,11 +11,17 @@ import orjson
 from barge.domain.models import KeyRecord, Principal
 from barge.domain.permissions import Role, make_role
 from barge.exceptions import Conflict, NotFound
-from barge.store.protocol import USE_ONCE_SLACK
+from barge.store.protocol import USE_ONCE_SLACK, AccountSettings
 from barge.store.sqlite.base import Verbs
 
 # Most expired ``used_once`` rows one ``use_once`` call purges.
 PURGE_LIMIT = 100
+
+
+def _settings(row: sqlite3.Row) -> AccountSettings:
+    mif, tpm = row["max_in_flight"], row["tokens_per_minute"]
+    return AccountSettings(float(row["weight"]), None if mif is None else int(mif),
+                           None if tpm is None else int(tpm))
 
 
 class AccessVerbs(Verbs):
@@ -117,6 +123,29 @@ class AccessVerbs(Verbs):
         def q(db: sqlite3.Connection) -> dict[str, float]:
             rows = db.execute("SELECT account, weight FROM account_weights").fetchall()
             return {r["account"]: float(r["weight"]) for r in rows}
+
+        return await self._read(q)
+
+    async def set_account_settings(self, account: str, settings: AccountSettings) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO account_weights"
+                " (account, weight, max_in_flight, tokens_per_minute, updated_at)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (account) DO UPDATE"
+                " SET weight=excluded.weight, max_in_flight=excluded.max_in_flight,"
+                " tokens_per_minute=excluded.tokens_per_minute,"
+                " updated_at=excluded.updated_at",
+                (account, float(settings.weight), settings.max_in_flight,
+                 settings.tokens_per_minute, int(time.time())),
+            )
+
+        await self._run(q)
+
+    async def account_settings(self) -> dict[str, AccountSettings]:
+        def q(db: sqlite3.Connection) -> dict[str, AccountSettings]:
+            rows = db.execute("SELECT account, weight, max_in_flight, tokens_per_minute"
+                              " FROM account_weights").fetchall()
+            return {r["account"]: _settings(r) for r in rows}
 
         return await self._read(q)
 
