@@ -1772,24 +1772,31 @@ class TestFinalizeClaim:
 
 class TestNodes:
     @pytest.mark.asyncio
-    async def test_heartbeats_count_live_nodes(self, store: Store, second: Store) -> None:
-        assert await store.heartbeat("node-a", ttl=LONG) == 1
-        assert await second.heartbeat("node-b", ttl=LONG) == 2
-        assert await store.heartbeat("node-a", ttl=LONG) == 2  # again: still two
-        assert await second.heartbeat("node-c", ttl=SHORT) == 3
+    async def test_live_nodes_are_counted(self, store: Store, second: Store) -> None:
+        assert await _live(store, "node-a", LONG) == 1
+        assert await _live(second, "node-b", LONG) == 2
+        assert await _live(store, "node-a", LONG) == 2  # again: still two
+        assert await _live(second, "node-c", SHORT) == 3
         await asyncio.sleep(PAST_SHORT)
-        assert await store.heartbeat("node-a", ttl=LONG) == 2  # node-c went silent
+        assert await _live(store, "node-a", LONG) == 2  # node-c went silent
         await second.leave("node-b")
-        assert await store.heartbeat("node-a", ttl=LONG) == 1
-        assert await second.heartbeat("node-c", ttl=LONG) == 2  # back again
+        assert await _live(store, "node-a", LONG) == 1
+        assert await _live(second, "node-c", LONG) == 2  # back again
         await store.leave("node-x")  # never there: nothing to do
         with pytest.raises(ValueError):
-            await store.heartbeat("node-a", ttl=0)
+            await _live(store, "node-a", 0)
 
     @pytest.mark.asyncio
-    async def test_concurrent_heartbeats(self, store: Store, second: Store) -> None:
+    async def test_concurrent_nodes_are_counted(self, store: Store, second: Store) -> None:
         counts = await asyncio.gather(*(
-            s.heartbeat(f"node-{i}", ttl=LONG) for i in range(10) for s in (store, second)
+            _live(s, f"node-{i}", LONG) for i in range(10) for s in (store, second)
         ))
         assert max(counts) <= 10 and min(counts) >= 1
-        assert await store.heartbeat("node-0", ttl=LONG) == 10
+        assert await _live(store, "node-0", LONG) == 10
+
+
+async def _live(store: Store, node: str, ttl: float) -> int:
+    """How many nodes are alive, after ``node`` says it is (for ``ttl`` seconds), as
+    ``share_budget`` counts them (asking for no slots)."""
+    _, live = await store.share_budget(node, ttl=ttl, want=0, budget=0)
+    return live

@@ -248,10 +248,6 @@ class Store(Protocol):
         leases are not renewed."""
 
     # Nodes: who is alive, to share an upstream budget.
-    async def heartbeat(self, node: str, *, ttl: float) -> int:
-        """Record that ``node`` is alive for ``ttl`` more seconds; returns how many nodes
-        are alive now, itself included. Rows of nodes gone silent are forgotten."""
-
     async def share_budget(
         self, node: str, *, ttl: float, want: int, budget: int
     ) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The PostgreSQL verbs on a batch's work: its slices, their progress and the results it
 stores, the leases nodes hold on slices and on finalisation, finishing, and the nodes'
-heartbeats."""
+shares of the upstream budget."""
 
 from __future__ import annotations
 
@@ -307,24 +307,6 @@ class WorkVerbs(Verbs):
         return None if row is None else int(row["fin_token"])
 
     # -- nodes ----------------------------------------------------------------
-
-    async def heartbeat(self, node: str, *, ttl: float) -> int:
-        _positive("ttl", ttl)
-        # The final SELECT sees the table as it was before this statement: the other
-        # nodes still alive, plus this one.
-        row = await self._fetchrow(
-            "WITH gone AS (DELETE FROM nodes WHERE node IN (SELECT node FROM nodes"
-            f"  WHERE expires_at <= {_NOW} AND node <> $1 FOR UPDATE SKIP LOCKED)),"
-            " me AS (INSERT INTO nodes (node, started_at, expires_at)"
-            f"  VALUES ($1, {_NOW}, {_NOW} + $2)"
-            "  ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at,"
-            "  started_at = CASE WHEN nodes.expires_at <= excluded.started_at"
-            "   THEN excluded.started_at ELSE nodes.started_at END)"
-            f" SELECT 1 + count(*) AS live FROM nodes WHERE expires_at > {_NOW}"
-            " AND node <> $1",
-            node, float(ttl), read=False,
-        )
-        return int(row["live"])
 
     async def share_budget(
         self, node: str, *, ttl: float, want: int, budget: int

@@ -1,6 +1,6 @@
 """The SQLite verbs on a batch's work: its slices, their progress and the results it
 stores, the leases nodes hold on slices and on finalisation, finishing, and the nodes'
-heartbeats."""
+shares of the upstream budget."""
 
 from __future__ import annotations
 
@@ -282,24 +282,6 @@ class WorkVerbs(Verbs):
         return await self._run(q)
 
     # -- nodes ----------------------------------------------------------------
-
-    async def heartbeat(self, node: str, *, ttl: float) -> int:
-        _positive("ttl", ttl)
-
-        def q(db: sqlite3.Connection) -> int:
-            now = time.time()
-            db.execute("DELETE FROM nodes WHERE expires_at <= ? AND node <> ?", (now, node))
-            db.execute(
-                "INSERT INTO nodes (node, started_at, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at,"
-                " started_at = CASE WHEN nodes.expires_at <= excluded.started_at"
-                "  THEN excluded.started_at ELSE nodes.started_at END",
-                (node, now, now + ttl),
-            )
-            return int(db.execute("SELECT count(*) FROM nodes WHERE expires_at > ?",
-                                  (now,)).fetchone()[0])
-
-        return await self._run(q)
 
     async def share_budget(
         self, node: str, *, ttl: float, want: int, budget: int
