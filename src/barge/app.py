@@ -21,6 +21,7 @@ from barge.engine.dispatch import Dispatcher, RetryPolicy
 from barge.engine.router import Route, Router
 from barge.engine.runner import Engine
 from barge.exceptions import BargeError, BlobsUnavailable, StoreUnavailable
+from barge.metrics import Metrics
 from barge.settings import Settings
 from barge.signing_key import load_signing_secret
 from barge.startup import check_shared
@@ -212,9 +213,11 @@ class App:
                                               settings.upstream_probe_interval))
         self.upstream_health = self.upstream_healths[0]  # the first (or only) upstream
         self.router = Router(routes)
+        self.metrics = Metrics(self.router)
         self.dispatcher = Dispatcher(
             self.router,
             RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max),
+            metrics=self.metrics,
         )
         self.engine = (
             Engine(self.store, self.blobs, self.dispatcher, settings,

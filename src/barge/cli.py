@@ -113,6 +113,10 @@ def server_options(f: F) -> F:
                      show_envvar=True,
                      help="Secret that signs download links (default: kept in "
                           "DATA_DIR/signing.key, made on first start)."),
+        click.option("--metrics-key", default=None, envvar="BARGE_METRICS_KEY",
+                     show_envvar=True,
+                     help="A key GET /metrics then requires as 'Authorization: Bearer "
+                          "<key>' (default: it needs none)."),
         click.option("--public-url", default=None, envvar="BARGE_PUBLIC_URL", show_envvar=True,
                      help="Base URL clients reach this server at, for the links it hands "
                           "out (default: the host each request came to)."),
@@ -227,6 +231,7 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         max_active_batches_per_account=options["max_active_batches_per_account"],
         admin_key=admin_key,
         signing_secret=options["signing_secret"],
+        metrics_key=options["metrics_key"] or None,
         download_url_ttl=options["download_url_ttl"],
         public_url=options["public_url"],
         max_json_bytes=options["max_json_bytes"],

@@ -43,6 +43,7 @@ class Settings:
     file_expiry_seconds: int = 30 * 86400  # uploaded batch files, by default
     # Keys.
     admin_key: str | None = field(default=None, repr=False)
+    metrics_key: str | None = field(default=None, repr=False)  # None: /metrics needs none
     # Download links: the HMAC secret (None: data_dir/signing.key) and their lifetime.
     signing_secret: str | None = field(default=None, repr=False)
     download_url_ttl: int = 3600  # seconds a download link stays valid

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp
 
 from barge import __version__
@@ -13,6 +15,7 @@ from barge.api import admin, batches, compact, downloads, errors, files
 from barge.api.middleware import ResponseHeaders
 from barge.api.responses import JSON
 from barge.app import App
+from barge.exceptions import Unauthenticated
 from barge.settings import Settings
 
 
@@ -44,5 +47,17 @@ def create_app(settings: Settings) -> FastAPI:
         app: App = web.state.barge
         return JSON({"status": "ok", "upstream": app.upstream_health.as_json(),
                      "upstreams": app.upstreams_json()})
+
+    @web.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        # Prometheus text format; with --metrics-key, that key as a Bearer token.
+        app: App = web.state.barge
+        key = app.settings.metrics_key
+        if key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                raise Unauthenticated("Send the metrics key as 'Authorization: Bearer <key>'.",
+                                      code="invalid_api_key")
+        return Response(await app.metrics.render(app.store), media_type=CONTENT_TYPE_LATEST)
 
     return web

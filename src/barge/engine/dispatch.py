@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,6 +28,9 @@ from barge.upstreams.client import (
     UpstreamUnreachable,
 )
 from barge.upstreams.config import UpstreamSpec
+
+if TYPE_CHECKING:
+    from barge.metrics import Metrics
 
 log = logging.getLogger("barge.dispatch")
 
@@ -190,7 +193,7 @@ class Dispatcher:
 
     def __init__(
         self, router: Router | UpstreamClient, policy: RetryPolicy,
-        limiter: AdaptiveLimiter | None = None,
+        limiter: AdaptiveLimiter | None = None, metrics: Metrics | None = None,
     ) -> None:
         if not isinstance(router, Router):
             spec = UpstreamSpec("default", router.base_url, concurrency=limiter.maximum
@@ -198,6 +201,7 @@ class Dispatcher:
             router = Router([Route(spec, router, limiter, max_cooldown=policy.backoff_max)])
         self.router = router
         self._policy = policy
+        self._metrics = metrics
         self._down_logged_at = -DOWN_LOG_INTERVAL
 
     @property
@@ -214,11 +218,15 @@ class Dispatcher:
         line = orjson.loads(raw)
         custom_id: str = line["custom_id"]
         try:
-            return await self._attempts(raw, line, custom_id, stopping, priority)
+            result = await self._attempts(raw, line, custom_id, stopping, priority)
         except Exception as e:  # a bug must cost one request, never wedge the batch
             log.exception("request %s failed unexpectedly", custom_id)
-            return Result(False, error_line(custom_id, ResultCodes.INTERNAL_ERROR,
-                                            f"Barge failed on this request: {type(e).__name__}"))
+            result = Result(False, error_line(
+                custom_id, ResultCodes.INTERNAL_ERROR,
+                f"Barge failed on this request: {type(e).__name__}"))
+        if self._metrics is not None and result is not None:
+            self._metrics.finished(line["url"], str(line["body"].get("model", "")), result.ok)
+        return result
 
     async def _attempts(
         self, raw: bytes, line: dict[str, Any], custom_id: str, stopping: Callable[[], bool],
@@ -260,6 +268,8 @@ class Dispatcher:
                 # this one, without using its attempts, until one answers or the batch
                 # stops (expiry, cancel).
                 router.unsent(route, tokens)
+                if self._metrics is not None:
+                    self._metrics.retried(route.name, "connection")
                 attempt -= 1
                 unreachable += 1
                 avoid = route
@@ -282,6 +292,9 @@ class Dispatcher:
                         else ResultCodes.UPSTREAM_CONNECTION_ERROR
                     )
                     return Result(False, error_line(custom_id, code, e.message))
+                if self._metrics is not None:
+                    self._metrics.retried(route.name, "timeout" if isinstance(
+                        e, UpstreamTimeout) else "connection")
             else:
                 result = self._classify(custom_id, reply, last_try)
                 if route.pacer is not None and result is not None and result.usage:
@@ -289,6 +302,8 @@ class Dispatcher:
                     router.settle(route, tokens, usage.input_tokens + usage.output_tokens)
                 if result is not None:
                     return result
+                if self._metrics is not None:
+                    self._metrics.retried(route.name, str(reply.status))
                 wait = retry_after(reply.headers)
             delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
             if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
@@ -301,6 +316,7 @@ class Dispatcher:
         headers say (on a 429, or on any answer to a paced route)."""
         outcome = Outcome.IGNORE
         healthy: bool | None = None
+        started = time.monotonic()
         try:
             reply = await route.client.send(endpoint, body)
             if reply.status == 429 or route.pacer is not None:
@@ -319,6 +335,8 @@ class Dispatcher:
             raise
         finally:
             self.router.release(route, granted, outcome, healthy=healthy)
+            if self._metrics is not None:
+                self._metrics.attempt(route.name, time.monotonic() - started)
 
     def _log_down(self, error: UpstreamError) -> None:
         now = time.monotonic()
