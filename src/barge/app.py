@@ -232,10 +232,13 @@ class App:
                                                        settings.signing_secret)
         self._lock: TextIO | None = None
 
-    def upstreams_json(self) -> list[dict[str, object]]:
-        """Each upstream for /healthz: reachable or not, and whether it is in rotation."""
-        return [{"name": r.name, **h.as_json(), "in_rotation": not r.breaker.opened}
-                for r, h in zip(self.router.routes, self.upstream_healths, strict=True)]
+    def health_json(self) -> dict[str, object]:
+        """What /healthz says (on API nodes and workers alike): 200 whenever Barge itself
+        serves; whether each upstream answers, and is in rotation, is told apart."""
+        return {"status": "ok", "upstream": self.upstream_health.as_json(),
+                "upstreams": [{"name": r.name, **h.as_json(), "in_rotation": not r.breaker.opened}
+                              for r, h in zip(self.router.routes, self.upstream_healths,
+                                              strict=True)]}
 
     @property
     def signing_secret(self) -> str:

@@ -23,11 +23,8 @@ def create_worker_app(settings: Settings) -> Starlette:
             yield
 
     async def healthz(request: Request) -> JSON:
-        # As the API's: 200 whenever the node runs; whether the upstream answers is told
-        # apart. A worker also says which node it is.
+        # As the API's, and a worker also says which node it is.
         app: App = request.app.state.barge
-        return JSON({"status": "ok", "node": app.node, "role": "worker",
-                     "upstream": app.upstream_health.as_json(),
-                     "upstreams": app.upstreams_json()})
+        return JSON({**app.health_json(), "node": app.node, "role": "worker"})
 
     return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)

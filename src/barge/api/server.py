@@ -43,10 +43,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @web.get("/healthz", include_in_schema=False)
     async def healthz() -> JSON:
-        # 200 whenever Barge itself serves; whether the upstream answers is told apart.
         app: App = web.state.barge
-        return JSON({"status": "ok", "upstream": app.upstream_health.as_json(),
-                     "upstreams": app.upstreams_json()})
+        return JSON(app.health_json())
 
     @web.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

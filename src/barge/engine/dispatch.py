@@ -217,24 +217,24 @@ class Dispatcher:
         sooner), sent in their ``priority_field``."""
         line = orjson.loads(raw)
         custom_id: str = line["custom_id"]
+        model = str(line["body"].get("model", ""))
         try:
-            result = await self._attempts(raw, line, custom_id, stopping, priority)
+            result = await self._attempts(raw, line, custom_id, model, stopping, priority)
         except Exception as e:  # a bug must cost one request, never wedge the batch
             log.exception("request %s failed unexpectedly", custom_id)
             result = Result(False, error_line(
                 custom_id, ResultCodes.INTERNAL_ERROR,
                 f"Barge failed on this request: {type(e).__name__}"))
         if self._metrics is not None and result is not None:
-            self._metrics.finished(line["url"], str(line["body"].get("model", "")), result.ok)
+            self._metrics.finished(line["url"], model, result.ok)
         return result
 
     async def _attempts(
-        self, raw: bytes, line: dict[str, Any], custom_id: str, stopping: Callable[[], bool],
-        priority: int | None = None,
+        self, raw: bytes, line: dict[str, Any], custom_id: str, model: str,
+        stopping: Callable[[], bool], priority: int | None = None,
     ) -> Result | None:
         endpoint: str = line["url"]
         body = _request_body(raw, line)
-        model = str(line["body"].get("model", ""))
         policy = self._policy
         router = self.router
         # What it is charged on upstreams with a token budget (corrected by its usage).
@@ -253,10 +253,9 @@ class Dispatcher:
                 # back, without using an attempt (its half-open probe decides).
                 attempt -= 1
                 unreachable += 1
-                self._log_down(UpstreamUnreachable(
-                    f"No upstream serving '{model}' is in rotation"))
-                delay = backoff(unreachable, base=policy.backoff_base, cap=policy.backoff_max)
-                if not await _pause(max(delay, policy.backoff_base / 2), stopping):
+                if not await self._wait_for_upstream(UpstreamUnreachable(
+                        f"No upstream serving '{model}' is in rotation"), unreachable,
+                        stopping):
                     return None
                 continue
             try:
@@ -275,9 +274,7 @@ class Dispatcher:
                 avoid = route
                 if len(router.for_model(model)) > 1:
                     continue  # straight to another replica (acquire passes this one over)
-                self._log_down(e)
-                delay = backoff(unreachable, base=policy.backoff_base, cap=policy.backoff_max)
-                if not await _pause(max(delay, policy.backoff_base / 2), stopping):
+                if not await self._wait_for_upstream(e, unreachable, stopping):
                     return None
                 continue
             except UpstreamResponseTooLarge as e:
@@ -337,6 +334,15 @@ class Dispatcher:
             self.router.release(route, granted, outcome, healthy=healthy)
             if self._metrics is not None:
                 self._metrics.attempt(route.name, time.monotonic() - started)
+
+    async def _wait_for_upstream(self, error: UpstreamError, times: int,
+                                 stopping: Callable[[], bool]) -> bool:
+        """Back off before trying again for the ``times``-th time to reach an upstream
+        (no attempt used); False when the batch stopped meanwhile."""
+        self._log_down(error)
+        policy = self._policy
+        delay = backoff(times, base=policy.backoff_base, cap=policy.backoff_max)
+        return await _pause(max(delay, policy.backoff_base / 2), stopping)
 
     def _log_down(self, error: UpstreamError) -> None:
         now = time.monotonic()
