@@ -15,7 +15,8 @@ install: $(VENV)/.installed
 
 test: install
 	scripts/postgres-up
-	$(PY) -m pytest
+	scripts/chromium-up
+	BARGE_TEST_BROWSER=required $(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -20,7 +20,9 @@ from barge.blobs.protocol import Blobs
 from barge.engine.dispatch import Dispatcher, RetryPolicy
 from barge.engine.router import Route, Router
 from barge.engine.runner import Engine
+from barge.engine.webhooks import WebhookSender
 from barge.exceptions import BargeError, BlobsUnavailable, StoreUnavailable
+from barge.health import ComponentHealth
 from barge.metrics import Metrics
 from barge.settings import Settings
 from barge.signing_key import load_signing_secret
@@ -194,6 +196,8 @@ class App:
         self.node = node_name(settings)
         self.store = make_store(settings)
         self.blobs = make_blobs(settings)
+        self.store_health = ComponentHealth("store", self.store.ping)
+        self.blobs_health = ComponentHealth("blob store", self.blobs.ping)
         routes: list[Route] = []
         self.upstream_healths: list[UpstreamHealth] = []
         self._probes: list[UpstreamProbe] = []
@@ -221,9 +225,12 @@ class App:
         )
         self.engine = (
             Engine(self.store, self.blobs, self.dispatcher, settings,
-                   node=self.node if settings.shared else None)
+                   node=self.node if settings.shared else None, metrics=self.metrics)
             if settings.engine else None
         )
+        # Webhooks go out wherever the engine runs (its own HTTP session and tasks).
+        self.webhooks = (WebhookSender(self.store, settings, node=self.node,
+                                       metrics=self.metrics) if settings.engine else None)
         self.auth = Authenticator(self.store, settings.admin_key)
         # Shared and not configured: the database's, read at start (see signing_secret).
         self._signing_secret: str | None = None
@@ -233,12 +240,29 @@ class App:
         self._lock: TextIO | None = None
 
     def health_json(self) -> dict[str, object]:
-        """What /healthz says (on API nodes and workers alike): 200 whenever Barge itself
-        serves; whether each upstream answers, and is in rotation, is told apart."""
-        return {"status": "ok", "upstream": self.upstream_health.as_json(),
+        """What /healthz says (on API nodes and workers alike), from the last checks
+        (``check_health`` makes them fresh): ``status`` "ok", or "degraded" when the store
+        or the blob store did not answer; ``store`` and ``blobs``, each ``{"ok", "error",
+        "checked_at"}``; whether each upstream answers, and is in rotation.
+
+        The HTTP status is 200 whenever this process serves, whatever its dependencies
+        say: /healthz is a liveness probe, and restarting a node because PostgreSQL, the
+        bucket or an upstream is down cures nothing (the node waits for them and carries
+        on by itself). Readiness and alerts read the body, as ``barge check`` does."""
+        storage_ok = self.store_health.ok and self.blobs_health.ok
+        return {"status": "ok" if storage_ok else "degraded",
+                "store": self.store_health.as_json(), "blobs": self.blobs_health.as_json(),
+                "upstream": self.upstream_health.as_json(),
                 "upstreams": [{"name": r.name, **h.as_json(), "in_rotation": not r.breaker.opened}
                               for r, h in zip(self.router.routes, self.upstream_healths,
                                               strict=True)]}
+
+    async def check_health(self) -> dict[str, object]:
+        """``health_json`` after checking the store and the blob store, at once, each
+        unless it was checked in the last ``HEALTH_TTL`` seconds (a storm of probes costs
+        the store one trivial query every second or two), each within a short timeout."""
+        await asyncio.gather(self.store_health.refresh(), self.blobs_health.refresh())
+        return self.health_json()
 
     @property
     def signing_secret(self) -> str:
@@ -262,12 +286,16 @@ class App:
             await self.store.close()
             self._release_lock()
             raise
+        self.store_health.opened()
+        self.blobs_health.opened()
         for route in self.router.routes:
             await route.client.open()
         for probe in self._probes:
             probe.start()
         if self.engine is not None:
             await self.engine.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         s = self.settings
         host = f"[{s.host}]" if ":" in s.host else s.host
         if s.shared:
@@ -288,6 +316,8 @@ class App:
     ) -> None:
         if self.engine is not None:
             await self.engine.stop(self.settings.shutdown_grace)
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for probe in self._probes:
             await probe.stop()
         for route in self.router.routes:

@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from barge.client import register as register_client_commands
 from barge.exceptions import BargeError
 from barge.keys import create_key
+from barge.logs import LOG_FORMATS, LogFormat, setup_logging, tell
 from barge.settings import DEFAULT_ENDPOINTS, Settings
 from barge.store.protocol import Store
 from barge.store.sqlite import SQLiteStore
@@ -143,10 +145,45 @@ def server_options(f: F) -> F:
         click.option("--log-level", default="info", show_default=True,
                      envvar="BARGE_LOG_LEVEL", show_envvar=True,
                      type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option("--log-format", default="text", show_default=True,
+                     envvar="BARGE_LOG_FORMAT", show_envvar=True,
+                     type=click.Choice(LOG_FORMATS),
+                     help="text: lines for people; json: one JSON object per line (ts, "
+                          "level, logger, message, and event, batch_id, account when "
+                          "the line has them), uvicorn's lines too."),
+        *webhook_options(d),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def webhook_options(d: Settings) -> list[Callable[[F], F]]:
+    """How batch events reach the webhook endpoints accounts register."""
+    return [
+        click.option("--webhook-allow-private", is_flag=True,
+                     envvar="BARGE_WEBHOOK_ALLOW_PRIVATE", show_envvar=True,
+                     help="Let webhook endpoints be on private, loopback, link-local and "
+                          "other non-public addresses (refused by default, at registration "
+                          "and at every delivery)."),
+        click.option("--webhook-timeout", type=click.FloatRange(0.1, 300.0),
+                     default=d.webhook_timeout, show_default=True,
+                     envvar="BARGE_WEBHOOK_TIMEOUT", show_envvar=True,
+                     help="Seconds one webhook delivery attempt may take."),
+        click.option("--webhook-concurrency", type=click.IntRange(1, 1000),
+                     default=d.webhook_concurrency, show_default=True,
+                     envvar="BARGE_WEBHOOK_CONCURRENCY", show_envvar=True,
+                     help="Webhook deliveries in flight at once, on each node."),
+        click.option("--webhook-retry-hours", type=click.FloatRange(24.0, 720.0),
+                     default=d.webhook_retry_hours, show_default=True,
+                     envvar="BARGE_WEBHOOK_RETRY_HOURS", show_envvar=True,
+                     help="Hours a failing webhook delivery is tried again (1, 2, 4 ... "
+                          "seconds apart, at most an hour) before it is given up."),
+        click.option("--webhook-backoff-base", type=click.FloatRange(0.001, 60.0),
+                     default=d.webhook_backoff_base, envvar="BARGE_WEBHOOK_BACKOFF_BASE",
+                     hidden=True,
+                     help="Seconds before a failed webhook delivery's first retry (tests)."),
+    ]
 
 
 def shared_options(f: F) -> F:
@@ -246,6 +283,11 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         lease_seconds=options["lease_seconds"],
         slice_lines=options["slice_lines"],
         node_name=options["node_name"] or None,
+        webhook_allow_private=options["webhook_allow_private"],
+        webhook_timeout=options["webhook_timeout"],
+        webhook_concurrency=options["webhook_concurrency"],
+        webhook_retry_hours=options["webhook_retry_hours"],
+        webhook_backoff_base=options["webhook_backoff_base"],
     )
 
 
@@ -293,11 +335,8 @@ def _run_with_store(data_dir: Path, database_url: str | None, database_schema: s
     return asyncio.run(main())
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
+    setup_logging(level, log_format)
 
 
 @click.group()
@@ -315,7 +354,7 @@ def main() -> None:
         cli()
     except BargeError as e:
         cause = e.__cause__
-        click.echo(f"barge: {e.message}" + (f" ({cause})" if cause else ""), err=True)
+        tell(f"barge: {e.message}" + (f" ({cause})" if cause else ""), level=logging.ERROR)
         sys.exit(1)
 
 
@@ -331,7 +370,7 @@ def serve(admin_key: str | None, **options: Any) -> None:
     """Run the API server and the batch engine."""
     from barge.runserver import run
 
-    _setup_logging(options["log_level"])
+    _setup_logging(options["log_level"], options["log_format"])
     settings = settings_from(options, admin_key)
     sock = _checked_start(settings, first_key=admin_key is None)
     run(settings, log_level=options["log_level"], sock=sock)
@@ -346,7 +385,7 @@ def worker(**options: Any) -> None:
     from barge.runserver import run
     from barge.worker import create_worker_app
 
-    _setup_logging(options["log_level"])
+    _setup_logging(options["log_level"], options["log_format"])
     settings = settings_from(options, None)
     if not settings.shared:
         raise BargeError(
@@ -427,45 +466,57 @@ def _ensure_first_key(settings: Settings, *, make: bool = True) -> None:
 
     outcome = asyncio.run(main())
     if isinstance(outcome, str):
-        click.echo(
+        tell(
             "No keys yet: created an admin key of account 'default' (shown only now):\n"
             f"  {outcome}\n"
             "Use it as OPENAI_API_KEY with the openai SDK, and as $ADMIN in the README's "
-            "admin examples.", err=True,
+            "admin examples.",
         )
     elif outcome is True:
-        click.echo(
+        tell(
             "An admin key already exists: another node starting at the same time made it "
-            "and printed it; none made here.", err=True,
+            "and printed it; none made here.",
         )
     elif outcome is False:
         where = ("this node's --database-url and --database-schema" if settings.shared
                  else "this node's --data-dir")
-        click.echo(
+        tell(
             "No keys yet, and another node is making the first admin key: it prints it. "
             f"If none does, make one with `barge keys create --name admin` (with {where}).",
-            err=True,
         )
 
 
 @cli.command()
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True,
-              envvar="BARGE_URL", show_envvar=True, help="The server to ask.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True)
-def check(url: str, timeout: float) -> None:
-    """Exit 0 when the server answers GET /healthz with 200, 1 otherwise."""
-    import urllib.error
-    import urllib.request
+@click.option("--url", "--base-url", "url", default="http://127.0.0.1:8080",
+              show_default=True, envvar=["BARGE_URL", "BARGE_BASE_URL"], show_envvar=True,
+              help="The server to ask (with or without /v1).")
+@click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              help="Seconds to wait for the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the /healthz JSON as it came.")
+def check(url: str, timeout: float, as_json: bool) -> None:
+    """Ask the server's GET /healthz and print one line per component (store, blob store,
+    each upstream): ok, or unreachable and why. Exit 0 when every one can be reached, 1
+    when any cannot or the server does not answer."""
+    import orjson
 
-    target = url.rstrip("/") + "/healthz"
+    from barge.check import Unanswered, fetch_health, healthz_url, judge
+
+    target = healthz_url(url)
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as resp:
-            healthy = resp.status == 200
-    except (urllib.error.URLError, OSError) as e:
+        health = fetch_health(target, timeout)
+    except Unanswered as e:
         click.echo(f"barge: {target} is not healthy: {e}", err=True)
         sys.exit(1)
-    click.echo(f"{target}: {'healthy' if healthy else 'unhealthy'}")
-    sys.exit(0 if healthy else 1)
+    verdict = judge(health)
+    if as_json:
+        click.echo(orjson.dumps(health, option=orjson.OPT_INDENT_2).decode())
+    else:
+        who = " ".join(str(health[k]) for k in ("role", "node") if health.get(k))
+        state = "healthy" if verdict.healthy else "unhealthy"
+        click.echo(f"{target}{f' ({who})' if who else ''}: {state}")
+        for line in verdict.lines:
+            click.echo(f"  {line}")
+    sys.exit(0 if verdict.healthy else 1)
 
 
 @cli.group()
@@ -572,6 +623,10 @@ def demo(n: int, data_dir: Path | None, keep_running: bool) -> None:
     from barge.demo import run_demo
 
     run_demo(n, data_dir, keep_running)
+
+
+# barge submit / batches / files / webhooks: drive a Barge server over HTTP
+register_client_commands(cli)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,17 @@ from barge.store.protocol import Store
 LIVE_STATUSES = (OpenAIStatus.VALIDATING, OpenAIStatus.IN_PROGRESS,
                  OpenAIStatus.FINALIZING, OpenAIStatus.CANCELLING)
 
+WEBHOOK_OUTCOMES = ("delivered", "failed", "given_up")  # of barge_webhook_deliveries_total
 MAX_SERIES = 1000  # (endpoint, model, outcome) series of barge_requests_total
 OTHER_MODEL = "(other)"  # the model label of requests past MAX_SERIES
 
 # Seconds: one attempt, from a quick embedding to a long generation.
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0, 600.0)
+# Seconds a batch waits before its requests are sent: from an idle server's fraction of
+# a second to a day-long window's queue.
+QUEUE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0,
+                 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
 
 class _ScrapeCollector(Collector):
@@ -35,6 +40,7 @@ class _ScrapeCollector(Collector):
     def __init__(self, router: Router | None) -> None:
         self.router = router
         self.batches: Sequence[BatchRecord] = ()
+        self.webhooks_pending = 0  # webhook deliveries pending or failing, cluster-wide
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily("barge_upstream_requests_in_flight",
@@ -65,6 +71,9 @@ class _ScrapeCollector(Collector):
         for (model, window), n in pending.items():
             waiting.add_metric([model, window], n)
         yield waiting
+        yield GaugeMetricFamily("barge_webhook_deliveries_pending",
+                                "Webhook deliveries not yet made (pending or failing), "
+                                "of every node.", value=self.webhooks_pending)
 
 
 class Metrics:
@@ -79,6 +88,17 @@ class Metrics:
         self._duration = Histogram(
             "barge_upstream_request_duration_seconds", "Duration of each upstream attempt.",
             ["upstream"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self._queue = Histogram(
+            "barge_batch_queue_seconds",
+            "Seconds from a batch's creation to the start of its processing (its first "
+            "dispatch), once per batch.",
+            buckets=QUEUE_BUCKETS, registry=self.registry)
+        self._webhooks = Counter(
+            "barge_webhook_deliveries", "Webhook delivery attempts recorded by this node, by "
+            "outcome: delivered, failed (to be tried again) or given_up.",
+            ["outcome"], registry=self.registry)
+        for outcome in WEBHOOK_OUTCOMES:
+            self._webhooks.labels(outcome)
         self._scrape = _ScrapeCollector(router)
         self.registry.register(self._scrape)
         # Label children, cached: ``.labels()`` on every request costs a lock and a tuple.
@@ -120,9 +140,32 @@ class Metrics:
             self._duration_children[upstream] = child
         child.observe(seconds)
 
+    def batch_queued(self, seconds: float) -> None:
+        """A batch's requests begin to be sent, ``seconds`` after it was created.
+
+        Observed once per batch, by the engine of the node that moved it from validating
+        to processing, as that node begins to dispatch it (``Engine._process``): the move
+        is a compare-and-set in the store, so exactly one node makes it, and nothing is
+        counted again when a batch resumes after a restart or other nodes join in on
+        leases. The moment is the start of processing rather than the first request
+        leaving for the upstream: between the two lies only the queueing of the batch's
+        first lines in its lane (the pool serves a new lane within about one request's
+        time), and catching the very first send would put a check on every request's
+        path and need the nodes to agree on which one was first. What the histogram
+        shows is the wait that matters: for an active slot (``--max-active-batches``),
+        the hash check and validation."""
+        self._queue.observe(seconds)
+
+    def webhook_delivery(self, outcome: str) -> None:
+        """A webhook delivery attempt was recorded: ``outcome`` is one of
+        ``WEBHOOK_OUTCOMES``."""
+        self._webhooks.labels(outcome).inc()
+
     async def render(self, store: Store) -> bytes:
-        """The text exposition of every metric, the batch gauges read from ``store``."""
+        """The text exposition of every metric, the batch and webhook gauges read from
+        ``store``."""
         self._scrape.batches = await store.unfinished_batches()
+        self._scrape.webhooks_pending = await store.pending_webhook_deliveries()
         try:
             return generate_latest(self.registry)
         finally:

@@ -34,6 +34,9 @@ def run(settings: Settings, *, log_level: str = "info",
         http=protocol_class(settings),  # httptools where installed, with Barge's limits
         ws="none",
         log_level=log_level,
+        # uvicorn's loggers get no handlers of their own: their records go up to the
+        # root logger, in the format ``barge.logs.setup_logging`` chose (text or JSON).
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
         timeout_keep_alive=settings.keep_alive_timeout,

@@ -72,6 +72,14 @@ class Settings:
     blob_url: str | None = None  # s3://bucket/prefix; endpoint and keys from AWS_*
     lease_seconds: float = 30.0  # how long a node's claim on work lasts unrenewed
     node_name: str | None = None  # None: hostname-pid-<4 random hex>, made by the App
+    # Webhooks (``engine/webhooks.py``): where endpoints may be, and how events are sent.
+    webhook_allow_private: bool = False  # also private, loopback, link-local addresses
+    webhook_timeout: float = 10.0  # seconds one delivery attempt may take
+    webhook_concurrency: int = 16  # attempts in flight at once, on each node
+    webhook_retry_hours: float = 72.0  # how long a failing delivery is tried again
+    webhook_backoff_base: float = 1.0  # seconds before the first retry, doubling after
+    webhook_backoff_max: float = 3600.0  # the longest wait between two attempts
+    webhook_poll_interval: float = 0.5  # seconds between looks for due deliveries
 
     @property
     def upstream_specs(self) -> tuple[UpstreamSpec, ...]:

@@ -25,6 +25,6 @@ def create_worker_app(settings: Settings) -> Starlette:
     async def healthz(request: Request) -> JSON:
         # As the API's, and a worker also says which node it is.
         app: App = request.app.state.barge
-        return JSON({**app.health_json(), "node": app.node, "role": "worker"})
+        return JSON({**await app.check_health(), "node": app.node, "role": "worker"})
 
     return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)

@@ -95,3 +95,40 @@ def test_metrics_key(barge_factory: Callable[..., BargeProcess],
     samples = scrape(proc, {"Authorization": "Bearer sk-metrics"})
     assert ("barge_upstream_concurrency_limit",
             frozenset({("upstream", "default")})) in samples
+
+
+def test_batch_queue_seconds_counts_each_batch_once(
+        barge_factory: Callable[..., BargeProcess]) -> None:
+    """Observed as a batch begins to be dispatched (so already while it runs), once per
+    batch, with the seconds since its creation."""
+    with UpstreamServer.in_thread(UpstreamConfig(latency=0.3, capacity=1)) as up:
+        proc = barge_factory(up.base_url, "--backoff-base", "0.01")
+        client = proc.client()
+        try:
+            before = scrape(proc)
+            assert value(before, "barge_batch_queue_seconds_count") == 0
+            assert ("barge_batch_queue_seconds_bucket", frozenset({("le", "+Inf")})) in before
+            f = upload(client, [chat_line(f"q{i}") for i in range(4)])
+            batch = client.batches.create(input_file_id=f.id,
+                                          endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+
+            def observed() -> Samples | None:
+                s = scrape(proc)
+                return s if value(s, "barge_batch_queue_seconds_count") == 1 else None
+
+            running = wait_for(observed, what="the batch's wait observed")
+            assert value(running, "barge_batches", status="in_progress") == 1
+            waited = value(running, "barge_batch_queue_seconds_sum")
+            assert 0 < waited < 10, waited
+            assert value(running, "barge_batch_queue_seconds_bucket", le="+Inf") == 1
+            wait_terminal(client, batch.id)
+            second = client.batches.create(input_file_id=f.id,
+                                           endpoint="/v1/chat/completions",
+                                           completion_window="24h")
+            wait_terminal(client, second.id)
+            after = scrape(proc)
+            assert value(after, "barge_batch_queue_seconds_count") == 2
+            assert value(after, "barge_batch_queue_seconds_sum") > waited
+        finally:
+            client.close()

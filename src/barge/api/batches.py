@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -18,8 +19,10 @@ from barge.domain.status import TERMINAL, Status, project
 from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
 from barge.engine.purge import purge_batch
 from barge.exceptions import Conflict, InvalidRequest
+from barge.logs import batch_event
 
 router = APIRouter(prefix="/v1/batches")
+log = logging.getLogger("barge.api")
 
 
 def _required_str(body: dict[str, Any], name: str) -> str:
@@ -112,7 +115,12 @@ async def cancel_batch(
     batch_id: str,
 ) -> JSON:
     app = app_of(request)
+    before = await app.store.get_batch(caller.account, batch_id)
     record = await app.store.request_cancel(caller.account, batch_id)
+    if before.status not in (Status.CANCEL, Status.CANCELLING):  # not a repeat
+        batch_event(log, "batch.cancel_requested", record,
+                    "batch %s: cancel requested (was %s)", batch_id,
+                    project(before.status).value, was=project(before.status).value)
     if app.engine is not None:
         app.engine.poke(batch_id, cancel=True)
     return JSON(batch_object(record))
@@ -134,5 +142,6 @@ async def delete_batch(
             param="batch_id", code="invalid_status",
         )
     b = await app.store.transition(batch_id, Status.DELETING, only_from=(b.status,))
-    await purge_batch(app.store, app.blobs, app.settings.work_dir, b)
+    if await purge_batch(app.store, app.blobs, app.settings.work_dir, b):
+        batch_event(log, "batch.deleted", b, "batch %s deleted", batch_id)
     return JSON({"id": batch_id, "object": "batch.deleted", "deleted": True})

@@ -11,12 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp
 
 from barge import __version__
-from barge.api import admin, batches, compact, downloads, errors, files
+from barge.api import admin, batches, compact, downloads, errors, files, me, webhooks
 from barge.api.middleware import ResponseHeaders
 from barge.api.responses import JSON
 from barge.app import App
 from barge.exceptions import Unauthenticated
 from barge.settings import Settings
+from barge.ui import install as install_ui
 
 
 class BargeAPI(FastAPI):
@@ -33,18 +34,21 @@ def create_app(settings: Settings) -> FastAPI:
             yield
 
     web = BargeAPI(title="Barge", version=__version__, lifespan=lifespan,
-                   default_response_class=JSON)
+                   default_response_class=JSON, docs_url=None, redoc_url=None)
     errors.install(web)
     web.include_router(files.router)
     web.include_router(batches.router)
     web.include_router(admin.router)
     web.include_router(downloads.router)
     web.include_router(compact.router)
+    web.include_router(me.router)
+    web.include_router(webhooks.router)
+    install_ui(web)  # /ui/ and the API docs (/docs), served without a CDN
 
     @web.get("/healthz", include_in_schema=False)
     async def healthz() -> JSON:
         app: App = web.state.barge
-        return JSON(app.health_json())
+        return JSON(await app.check_health())
 
     @web.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

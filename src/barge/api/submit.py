@@ -3,6 +3,7 @@ then one record in the Store, then a poke to the engine."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -16,9 +17,12 @@ from barge.domain.permissions import Caller
 from barge.domain.status import Status
 from barge.domain.validation import metadata_problem, window_seconds
 from barge.exceptions import InvalidRequest, NotFound
+from barge.logs import batch_event
 
 if TYPE_CHECKING:
     from barge.app import App
+
+log = logging.getLogger("barge.api")
 
 HASH = re.compile(r"[a-f0-9]{64}")
 
@@ -96,6 +100,10 @@ async def submit_batch(
         metadata_json=req.metadata_json,
     )
     await app.store.create_batch(record)
+    batch_event(log, "batch.created", record, "batch %s created (%s, window %s, input %s)",
+                record.id, record.endpoint, record.completion_window, record.input_file_id,
+                endpoint=record.endpoint, completion_window=record.completion_window,
+                input_file_id=record.input_file_id)
     if app.engine is not None:
         app.engine.poke(record.id)
     return record

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from barge.blobs.common import Spool, check_key, check_range, fsync_dir, storage_error
-from barge.blobs.protocol import BlobInfo
-from barge.exceptions import NotFound
+from barge.blobs.protocol import PING_TIMEOUT, BlobInfo
+from barge.exceptions import NotFound, StorageError
 
 __all__ = ["LocalBlobs", "LocalWriter", "fsync_dir"]
 
@@ -56,6 +56,27 @@ class LocalBlobs:
         except OSError as e:
             raise storage_error(e) from e
         self.clear_tmp()
+
+    async def ping(self, timeout: float = PING_TIMEOUT) -> None:
+        """The folders are there, may be written, and their disk is not full."""
+
+        def look() -> None:
+            for folder in (self._root, self._tmp):
+                if not folder.is_dir():
+                    raise StorageError(f"The folder {folder} is missing.")
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise StorageError(f"The folder {folder} cannot be written.")
+            if os.statvfs(self._root).f_bavail == 0:
+                raise StorageError(f"The disk holding {self._root} is full.", code="disk_full")
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(look), timeout)
+        except TimeoutError:
+            raise StorageError(f"The disk holding {self._root} did not answer within "
+                               f"{timeout:g}s.") from None
+        except OSError as e:
+            raise StorageError(f"The folder {self._root} cannot be used: "
+                               f"{e.strerror or e}.") from None
 
     def _path(self, key: str) -> Path:
         return self._root / check_key(key)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+PING_TIMEOUT = 2.0  # seconds ``ping`` waits for the store by default
+
 
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
@@ -40,6 +42,11 @@ class Blobs(Protocol):
     async def open(self) -> None:
         """Get ready and check the store can be used: raise one clear ``BargeError`` (a
         missing bucket, refused credentials) rather than fail on the first upload."""
+
+    async def ping(self, timeout: float = PING_TIMEOUT) -> None:
+        """Whether the store can be used now, cheaply, for ``/healthz``: returns, or
+        raises a ``BargeError`` (``BlobsUnavailable``, ``StorageError``) whose message
+        says in one line why not. Takes at most about ``timeout`` seconds."""
 
     def writer(self, key: str, *, max_bytes: int) -> BlobWriter:
         """A writer that raises PayloadTooLarge once more than ``max_bytes`` arrive."""

@@ -52,7 +52,7 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from barge.blobs.common import Spool, check_key, check_range, rechunk, storage_error
-from barge.blobs.protocol import BlobInfo, Blobs, BlobWriter
+from barge.blobs.protocol import PING_TIMEOUT, BlobInfo, Blobs, BlobWriter
 from barge.exceptions import BargeError, BlobsUnavailable, NotFound
 
 if TYPE_CHECKING:
@@ -184,6 +184,12 @@ class S3Blobs:
         probe_retry: RetryConfig = {"max_retries": 2, "retry_timeout": timedelta(seconds=10)}
         self._probe_store = S3Store(prefix=self.prefix or None, config=config,
                                     client_options=probe_client, retry_config=probe_retry)
+        # ping()'s: one try, quickly, for /healthz.
+        ping_client: ClientConfig = {**client, "connect_timeout": timedelta(seconds=2),
+                                     "timeout": timedelta(seconds=PING_TIMEOUT)}
+        ping_retry: RetryConfig = {"max_retries": 0, "retry_timeout": timedelta(seconds=0)}
+        self._ping_store = S3Store(prefix=self.prefix or None, config=config,
+                                   client_options=ping_client, retry_config=ping_retry)
         self._fetching: dict[str, asyncio.Lock] = {}
 
     @classmethod
@@ -266,6 +272,20 @@ class S3Blobs:
             await obs.delete_async(self._probe_store, probe)
         except _DRIVER_ERRORS as e:
             raise BlobsUnavailable(self.explain(e)) from e
+
+    async def ping(self, timeout: float = PING_TIMEOUT) -> None:
+        """One listing of a prefix that holds nothing (``<prefix>/.barge-ping/``), with no
+        retry: it needs the bucket there, the credentials accepted and the store
+        answering, and costs one small request."""
+        try:
+            await asyncio.wait_for(
+                obs.list_with_delimiter_async(self._ping_store, ".barge-ping"), timeout)
+        except TimeoutError:
+            at = f" at {self.endpoint}" if self.endpoint else ""
+            raise BlobsUnavailable(f"The object store{at} did not answer within "
+                                   f"{timeout:g}s.") from None
+        except _DRIVER_ERRORS as e:
+            raise BlobsUnavailable(self.explain(e)) from None
 
     def _clear_scratch(self) -> None:
         """Make the folders; remove spool files and partial downloads a crash left (old

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import shutil
 from pathlib import Path
@@ -14,14 +13,18 @@ from barge.exceptions import NotFound
 from barge.store.protocol import Store
 
 
-async def purge_batch(store: Store, blobs: Blobs, work_dir: Path, b: BatchRecord) -> None:
-    """Finish deleting a batch marked ``deleting``; safe to run again after a crash."""
+async def purge_batch(store: Store, blobs: Blobs, work_dir: Path, b: BatchRecord) -> bool:
+    """Finish deleting a batch marked ``deleting``; safe to run again after a crash.
+    Returns whether this call removed its record (False: another purge of it did)."""
     for file_id in (b.output_file_id, b.error_file_id):
         if file_id is not None:
             await blobs.delete(file_id)
     await asyncio.to_thread(shutil.rmtree, work_dir / b.id, True)
-    with contextlib.suppress(NotFound):  # another purge of the same batch finished first
+    try:
         await store.delete_batch(b.id)
+    except NotFound:  # another purge of the same batch finished first
+        return False
+    return True
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

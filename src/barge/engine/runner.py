@@ -14,10 +14,11 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from barge.blobs.protocol import Blobs
 from barge.domain.models import OUTPUT_PURPOSE, BatchRecord, FileRecord, LineError, Slice
-from barge.domain.status import TERMINAL, Status
+from barge.domain.status import TERMINAL, Status, project
 from barge.domain.validation import LineCodes, is_blank
 from barge.engine.budget import SharedBudget
 from barge.engine.dispatch import Dispatcher
@@ -36,9 +37,13 @@ from barge.exceptions import (
     NotFound,
     StoreUnavailable,
 )
+from barge.logs import batch_event, seconds_since_created
 from barge.settings import Settings
 from barge.store.protocol import Store
 from barge.upstreams.config import serves_any
+
+if TYPE_CHECKING:
+    from barge.metrics import Metrics
 
 log = logging.getLogger("barge.engine")
 
@@ -104,12 +109,16 @@ class BatchRun:
 class Engine:
     def __init__(
         self, store: Store, blobs: Blobs, dispatcher: Dispatcher, settings: Settings,
-        *, node: str | None = None,
+        *, node: str | None = None, metrics: Metrics | None = None,
     ) -> None:
         """With ``node`` (its name in the cluster), the engine shares the work of every
         batch with other nodes through leases (see ``leased``); without, it works alone
-        on part files in ``work_dir``, as one machine does."""
+        on part files in ``work_dir``, as one machine does. ``metrics``: where the time
+        each batch waited before processing is observed."""
         self._node = node
+        self._metrics = metrics
+        # Batches this node moved to processing whose dispatch has not begun here yet.
+        self._starting: set[str] = set()
         self._store = store
         self._blobs = blobs
         self._dispatcher = dispatcher
@@ -167,7 +176,8 @@ class Engine:
     async def _loop(self) -> None:
         try:  # deletions a crash interrupted
             for b in await self._store.deleting_batches():
-                await purge_batch(self._store, self._blobs, self._settings.work_dir, b)
+                if await purge_batch(self._store, self._blobs, self._settings.work_dir, b):
+                    batch_event(log, "batch.deleted", b, "batch %s deleted", b.id)
         except Exception:
             log.exception("cannot finish deleting batches")
         next_reap = next_weights = time.monotonic()
@@ -255,6 +265,7 @@ class Engine:
 
     def _forget_driver(self, batch_id: str, _: asyncio.Task[None]) -> None:
         self._drivers.pop(batch_id, None)
+        self._starting.discard(batch_id)
         if self._slots.pop(batch_id, None) is not None:
             self._wake.set()  # a slot is free: let a waiting batch have it now
 
@@ -281,7 +292,8 @@ class Engine:
                 await asyncio.sleep(min(5.0, 0.25 * 2**failures))
             except Exception:
                 failures += 1
-                log.exception("batch %s: step failed (attempt %d); retrying", batch_id, failures)
+                log.exception("batch %s: step failed (attempt %d); retrying", batch_id, failures,
+                              extra={"batch_id": batch_id})
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
 
     async def _step(self, b: BatchRecord) -> str | None:
@@ -306,7 +318,7 @@ class Engine:
             started = time.monotonic()
             reason = await self._process(b)
             log.info("batch %s: dispatch ran %.2fs (%s)", b.id, time.monotonic() - started,
-                     reason)
+                     reason, extra={"batch_id": b.id, "account": b.account})
             if reason == "done":
                 await self._store.advance(b.id, (Status.PROCESSED, Status.WRITING_RESULTS))
             return reason
@@ -331,8 +343,10 @@ class Engine:
                         f"The input file's SHA-256 is {digest}, not the hash given at create.",
                         param="hash",
                     )
-                    await self._store.transition(b.id, Status.HASH_MISMATCH,
-                                                 only_from=(Status.COPYING,), errors=[mismatch])
+                    ended = await self._store.transition(
+                        b.id, Status.HASH_MISMATCH, only_from=(Status.COPYING,),
+                        errors=[mismatch])
+                    self._log_invalid(ended, 1, "its SHA-256 is not the hash given")
                     return
         await self._store.transition(b.id, Status.COPIED, only_from=(Status.COPYING,))
 
@@ -343,7 +357,8 @@ class Engine:
             path = await self._blobs.local_path(b.input_file_id)
         except NotFound:
             missing = LineError(LineCodes.INPUT_FILE_MISSING, "The input file is gone.")
-            await self._store.fail_validation(b.id, errors=[missing], total=0)
+            ended = await self._store.fail_validation(b.id, errors=[missing], total=0)
+            self._log_invalid(ended, 1, "the input file is gone")
             return
         started = time.monotonic()
         scan = await asyncio.to_thread(
@@ -356,19 +371,62 @@ class Engine:
             slice_lines=s.slice_lines,
             serves=functools.partial(serves_any, s.upstream_specs),
         )
+        took = round(time.monotonic() - started, 3)
         if scan.errors:
-            log.info("batch %s: %d bad lines", b.id, scan.error_count)
-            await self._store.fail_validation(b.id, errors=scan.errors, total=scan.total)
+            ended = await self._store.fail_validation(b.id, errors=scan.errors,
+                                                      total=scan.total)
+            self._log_invalid(ended, scan.error_count, f"{scan.error_count} bad lines",
+                              lines=scan.total, seconds=took)
         elif time.time() >= b.expires_at:
             # The window ended before any request was sent: every request of the file
             # goes to the error file as batch_expired, and nothing is sent.
+            self._log_validated(b, scan, took)
             await self._finish(b, Status.EXPIRED, expire_rest=True, scan=scan)
         else:
             await self._store.start_processing(
                 b.id, slices=scan.slices, total=scan.total, model=scan.model
             )
-            log.info("batch %s: %d requests validated in %.2fs", b.id, scan.total,
-                     time.monotonic() - started)
+            self._log_validated(b, scan, took)
+            self._starting.add(b.id)
+
+    @staticmethod
+    def _log_validated(b: BatchRecord, scan: ScanResult, took: float) -> None:
+        batch_event(log, "batch.validated", b, "batch %s: %d requests validated in %.2fs",
+                    b.id, scan.total, took, valid=True, lines=scan.total, model=scan.model,
+                    seconds=took)
+
+    def _log_invalid(self, ended: BatchRecord, errors: int, why: str,
+                     **fields: object) -> None:
+        """``ended`` failed before any request was sent: one line says why, one that
+        it ended."""
+        batch_event(log, "batch.validated", ended, "batch %s: validation failed: %s",
+                    ended.id, why, valid=False, errors=errors, **fields)
+        self._log_finished(ended)
+
+    @staticmethod
+    def _log_finished(ended: BatchRecord, writing: float | None = None) -> None:
+        """``ended`` reached its final status, on this node; ``writing``: seconds its
+        result files took."""
+        status = project(ended.status).value
+        duration = seconds_since_created(ended, time.time())
+        extra: dict[str, object] = {} if writing is None else {"writing_seconds": writing}
+        batch_event(log, "batch.finished", ended,
+                    "batch %s: %s (%d ok, %d failed) %.3fs after it was created", ended.id,
+                    ended.status.value, ended.completed, ended.failed, duration,
+                    status=status, barge_status=ended.status.value, total=ended.total,
+                    completed=ended.completed, failed=ended.failed, duration=duration,
+                    **extra)
+
+    def _log_started(self, b: BatchRecord) -> None:
+        """The first dispatch of ``b`` begins, on the node that moved it to processing:
+        one line, and its wait since creation goes to ``barge_batch_queue_seconds``."""
+        self._starting.discard(b.id)
+        waited = seconds_since_created(b, time.time())
+        if self._metrics is not None:
+            self._metrics.batch_queued(waited)
+        batch_event(log, "batch.started", b, "batch %s: processing %d requests, %.3fs after "
+                    "it was created", b.id, b.total, waited, total=b.total, model=b.model,
+                    queue_seconds=waited)
 
     async def _process(self, b: BatchRecord) -> str:
         """Dispatch every request without a durable result; returns why it stopped:
@@ -376,6 +434,8 @@ class Engine:
         run = BatchRun(b, self._store, self._pool)
         if self._stopping:
             return "shutdown"
+        if b.id in self._starting:
+            self._log_started(b)
         if self._node is not None:
             return await self._process_leased(run, self._node)
         self._runs[b.id] = run
@@ -531,7 +591,7 @@ class Engine:
             )
             fields[field] = file_id
         try:
-            await self._store.finish(b.id, to, files=files, **fields)
+            ended = await self._store.finish(b.id, to, files=files, **fields)
         except Fenced:
             # Another node claimed the batch after this one's claim ran out, and writes
             # the files under ids of its own: these belong to no record.
@@ -544,8 +604,7 @@ class Engine:
             await self._unpublish(b.id, files)
             raise
         shutil.rmtree(s.work_dir / b.id, ignore_errors=True)
-        log.info("batch %s: %s (%d ok, %d failed); results written in %.2fs", b.id, to.value,
-                 merged.completed, merged.failed, time.monotonic() - started)
+        self._log_finished(ended, writing=round(time.monotonic() - started, 3))
 
     async def _merge(
         self, b: BatchRecord, *, expire_rest: bool, scan: ScanResult | None, stored: bool

@@ -11,6 +11,7 @@ from barge.domain.models import BatchRecord, FileRecord, KeyRecord, LineError, P
 from barge.domain.permissions import Role
 from barge.domain.status import Status
 from barge.domain.usage import NO_USAGE, Usage
+from barge.domain.webhooks import WebhookAttempt, WebhookClaim, WebhookDelivery, WebhookEndpoint
 
 # One result a flush makes durable: the index of its line within its slice, whether it
 # goes to the output file (True) or the error file (False), and the result line's bytes
@@ -95,6 +96,8 @@ FINALIZING = frozenset({Status.WRITING_RESULTS, Status.CANCELLING})
 # node whose clock lags the store's still finds the keys it thinks unexpired.
 USE_ONCE_SLACK = 300
 
+PING_TIMEOUT = 2.0  # seconds ``ping`` waits for the store by default
+
 T = TypeVar("T")
 
 
@@ -109,6 +112,11 @@ class Store(Protocol):
         """Connect and bring the schema to the newest version."""
 
     async def close(self) -> None: ...
+
+    async def ping(self, timeout: float = PING_TIMEOUT) -> None:
+        """Whether the store answers now, cheaply (a trivial query), for ``/healthz``:
+        returns, or raises StoreUnavailable (a closed store, a database that does not
+        answer within ``timeout`` seconds) with one line saying why."""
 
     # Files.
     async def create_file(self, f: FileRecord) -> None: ...
@@ -158,7 +166,13 @@ class Store(Protocol):
     ) -> BatchRecord:
         """Move a batch along the lifecycle, setting ``fields`` and the status's timestamp.
         Raises Conflict when the move is not allowed from the current status (or it is
-        not one of ``only_from``)."""
+        not one of ``only_from``).
+
+        Every verb that moves a batch (this one, ``advance``, ``fail_validation``,
+        ``finish``) into a status that sends a webhook event
+        (``barge.domain.webhooks.EVENT_FOR_STATUS``) inserts, in the same transaction,
+        one pending delivery of one new event for each live endpoint of the batch's
+        account that wants that event (``webhook_deliveries``)."""
 
     async def advance(self, batch_id: str, path: Sequence[Status]) -> BatchRecord:
         """Move through every status of ``path`` in order, in one transaction (each move
@@ -319,3 +333,49 @@ class Store(Protocol):
     async def account_settings(self) -> dict[str, AccountSettings]:
         """Every account given a weight or limits, with them; one missing here has the
         defaults (``AccountSettings()``)."""
+
+    # Webhooks: the endpoints accounts register, and the outbox of their batches' events
+    # (filled by the verbs that move batches; see ``transition``).
+    async def create_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Register ``endpoint`` (its id new)."""
+
+    async def list_webhook_endpoints(self, account: str | None) -> list[WebhookEndpoint]:
+        """The live endpoints of ``account`` (of every account when None), oldest
+        first."""
+
+    async def delete_webhook_endpoint(self, account: str | None, endpoint_id: str) -> None:
+        """Delete a live endpoint of ``account`` (of any account when None): NotFound
+        otherwise. Its deliveries not yet done are given up in the same transaction (an
+        attempt under way is then not recorded), so nothing more is sent to it."""
+
+    async def webhook_deliveries(self, batch_id: str) -> list[WebhookDelivery]:
+        """Every delivery of the batch's events, in the order they were made."""
+
+    async def claim_webhook_deliveries(
+        self, claimer: str, *, limit: int, lease_seconds: float
+    ) -> list[WebhookClaim]:
+        """Claim up to ``limit`` due deliveries (pending or failing, ``next_attempt_at``
+        past, of a live endpoint, not claimed or their claim expired), soonest due first,
+        for ``lease_seconds``, under ``claimer`` (a name the caller makes unique).
+        Concurrent claimers, on this store or others sharing its data, never get the
+        same delivery while a claim on it is live."""
+
+    async def record_webhook_attempt(self, claim: WebhookClaim,
+                                     attempt: WebhookAttempt) -> bool:
+        """Record how one attempt on a claimed delivery ended, and end the claim:
+        delivered, failing (due again ``attempt.retry_in`` seconds from now on the
+        store's clock) or given up. Only while the delivery is still claimed under
+        ``claim.claimer`` and not done; otherwise nothing changes and False is returned
+        (the endpoint was deleted, or another claimer took the delivery over)."""
+
+    async def release_webhook_claims(self, claimer: str) -> None:
+        """End every claim of ``claimer`` at once, nothing recorded (a graceful stop):
+        those deliveries are due again as they were."""
+
+    async def pending_webhook_deliveries(self) -> int:
+        """How many deliveries, of every account, are pending or failing."""
+
+    async def purge_webhook_deliveries(self, *, older_than: float) -> int:
+        """Forget done deliveries (delivered or given up) of events more than
+        ``older_than`` seconds old, and endpoints deleted that long ago that no delivery
+        names any more; returns how many deliveries went."""

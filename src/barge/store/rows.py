@@ -11,6 +11,13 @@ import orjson
 from barge.domain.models import BatchRecord, FileRecord, LineError, Slice
 from barge.domain.status import TERMINAL, Status
 from barge.domain.usage import MAX_TOKENS, Usage
+from barge.domain.webhooks import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookClaim,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from barge.store.protocol import Lease, StoredResult
 
 _BATCH_COLUMNS = (
@@ -115,3 +122,59 @@ def _lease(row: Any) -> Lease:
 def _result(row: Any) -> StoredResult:
     return StoredResult(slice_no=row["slice_no"], index=row["idx"], ok=bool(row["ok"]),
                         line=bytes(row["line"]))
+
+
+# -- webhooks ------------------------------------------------------------------------------
+
+_WEBHOOK_ENDPOINT_COLUMNS = "id, account, url, events, secret, created_at"
+# Of ``webhook_deliveries AS d JOIN webhook_endpoints AS e ON e.id = d.endpoint_id``.
+_WEBHOOK_DELIVERY_COLUMNS = (
+    "d.event_id, d.type, d.batch_id, d.account, d.endpoint_id, e.url, d.attempts, d.status,"
+    " d.last_status_code, d.last_error, d.last_attempt_at, d.next_attempt_at,"
+    " d.delivered_at, d.created_at"
+)
+_WEBHOOK_CLAIM_COLUMNS = (
+    "d.event_id, d.type, d.batch_id, d.endpoint_id, e.url, e.secret, d.attempts,"
+    " d.created_at, d.claimed_by"
+)
+
+
+def _webhook_endpoint(row: Any) -> WebhookEndpoint:
+    return WebhookEndpoint(id=row["id"], account=row["account"], url=row["url"],
+                           events=tuple(orjson.loads(row["events"])), secret=row["secret"],
+                           created_at=int(row["created_at"]))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _webhook_delivery(row: Any) -> WebhookDelivery:
+    code = row["last_status_code"]
+    return WebhookDelivery(
+        event_id=row["event_id"], type=row["type"], batch_id=row["batch_id"],
+        account=row["account"], endpoint_id=row["endpoint_id"], url=row["url"],
+        attempts=int(row["attempts"]), status=DeliveryStatus(row["status"]),
+        last_status_code=None if code is None else int(code), last_error=row["last_error"],
+        last_attempt_at=_optional_float(row["last_attempt_at"]),
+        next_attempt_at=_optional_float(row["next_attempt_at"]),
+        delivered_at=_optional_float(row["delivered_at"]), created_at=int(row["created_at"]),
+    )
+
+
+def _webhook_claim(row: Any) -> WebhookClaim:
+    return WebhookClaim(
+        event_id=row["event_id"], type=row["type"], batch_id=row["batch_id"],
+        endpoint_id=row["endpoint_id"], url=row["url"], secret=row["secret"],
+        attempts=int(row["attempts"]), created_at=int(row["created_at"]),
+        claimer=row["claimed_by"],
+    )
+
+
+def _attempt_outcome(attempt: WebhookAttempt) -> str:
+    """The delivery's status after ``attempt``."""
+    if attempt.delivered:
+        return DeliveryStatus.DELIVERED.value
+    if attempt.retry_in is None:
+        return DeliveryStatus.GIVEN_UP.value
+    return DeliveryStatus.FAILING.value

@@ -13,8 +13,8 @@ One concept a module: ``store`` (``PostgresStore``: its pool, statements and err
 translation), ``migrations`` (the schema's SQL files, applied under a lock), ``rows``
 (columns and rows as records), ``moves`` (the statement that moves a batch), ``base``
 (what every verb shares), and the verbs by domain: ``files``, ``batches``, ``work``
-(slices, progress and results, leases, finalisation, nodes) and ``access`` (keys, roles
-and shared secrets).
+(slices, progress and results, leases, finalisation, nodes), ``access`` (keys, roles
+and shared secrets) and ``webhooks`` (endpoints and the outbox of batch events).
 """
 
 from barge.store.postgres.base import RETRIES

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from barge.domain.status import STAMPS, Status, can_transition
+from barge.domain.webhooks import EVENT_FOR_STATUS, new_event_id
 from barge.exceptions import Conflict
 from barge.store.postgres.rows import _NOW, _NOW_S, _SETTABLE
 from barge.store.rows import _BATCH_COLUMNS
@@ -19,7 +20,9 @@ class _Move:
     move was not allowed, the record as it stands (``moved`` false); no row: no such
     batch. ``extra`` CTEs may follow, each seeing the CTE ``moved``. With ``fin_token``,
     the move is also fenced: only while that is the batch's finalisation token (the row
-    returned carries ``fin_token`` either way)."""
+    returned carries ``fin_token`` either way). A move into a status that sends a
+    webhook event also inserts, in the CTE ``webhooks``, one delivery of one new event
+    per live endpoint of the batch's account that wants it."""
 
     def __init__(
         self,
@@ -61,13 +64,26 @@ class _Move:
             f"{fence} RETURNING {_BATCH_COLUMNS}, fin_token"
         )
         self._current = f"SELECT FALSE, {_BATCH_COLUMNS}, fin_token FROM batches WHERE {where}"
+        self._outbox: str | None = None
+        event = EVENT_FOR_STATUS.get(self.path[-1])
+        if event is not None:
+            kind = self.arg(event.value)
+            self._outbox = (
+                "webhooks AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, account,"
+                " batch_id, type, created_at, status, next_attempt_at)"
+                f" SELECT {self.arg(new_event_id())}, e.id, e.account, m.id, {kind}::text,"
+                f" {_NOW_S}, 'pending', {_NOW} FROM moved AS m JOIN webhook_endpoints AS e"
+                " ON e.account = m.account AND e.deleted_at IS NULL"
+                f" AND e.events ? {kind}::text ORDER BY e.seq)"
+            )
 
     def arg(self, value: Any) -> str:
         self.args.append(value)
         return f"${len(self.args)}"
 
     def sql(self, batch_id: str, *extra: str) -> tuple[str, list[Any]]:
-        ctes = ",\n".join([f"moved AS ({self._update})", *extra])
+        outbox = [] if self._outbox is None else [self._outbox]
+        ctes = ",\n".join([f"moved AS ({self._update})", *outbox, *extra])
         return (
             f"WITH {ctes}\n"
             f"SELECT TRUE AS moved, {_BATCH_COLUMNS}, fin_token FROM moved UNION ALL"

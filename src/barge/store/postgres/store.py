@@ -17,8 +17,9 @@ from barge.store.postgres.base import RETRIES
 from barge.store.postgres.batches import BatchVerbs
 from barge.store.postgres.files import FileVerbs
 from barge.store.postgres.migrations import migrate, quote_ident
+from barge.store.postgres.webhooks import WebhookVerbs
 from barge.store.postgres.work import WorkVerbs
-from barge.store.protocol import Store
+from barge.store.protocol import PING_TIMEOUT, Store
 
 R = TypeVar("R")
 
@@ -35,7 +36,7 @@ def describe_url(url: str) -> str:
     return f"{host}:{port}/{database}"
 
 
-class PostgresStore(FileVerbs, BatchVerbs, WorkVerbs, AccessVerbs):
+class PostgresStore(FileVerbs, BatchVerbs, WorkVerbs, AccessVerbs, WebhookVerbs):
     """The Store on a PostgreSQL database (``url``: ``postgresql://user@host:port/db``),
     optionally inside one PostgreSQL ``schema`` (created when missing). ``open`` brings
     the schema up to date, safely when many nodes start at once."""
@@ -100,6 +101,19 @@ class PostgresStore(FileVerbs, BatchVerbs, WorkVerbs, AccessVerbs):
         """Bring the schema up to date (``migrations.migrate``); keep its version and the
         migrations applied."""
         self.schema_version, self.applied = await migrate(conn, self._schema, self.where)
+
+    async def ping(self, timeout: float = PING_TIMEOUT) -> None:
+        """``SELECT 1`` on a pooled connection (a new one when the pool has none, as
+        after a restart of PostgreSQL), all within ``timeout`` seconds."""
+
+        async def q(conn: Any) -> None:
+            await conn.fetchval("SELECT 1", timeout=timeout)
+
+        try:
+            await asyncio.wait_for(self._call(q, read=True), timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.where} did not answer within {timeout:g}s.") from None
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -4,7 +4,8 @@ One concept a module: ``store`` (``SQLiteStore``: its connections, writer thread
 error translation), ``migrations`` (the schema's SQL files, split into statements),
 ``rows`` (columns and rows as records), ``base`` (what every verb shares), and the verbs
 by domain: ``files``, ``batches``, ``work`` (slices, progress and results, leases,
-finalisation, nodes) and ``access`` (keys, roles and shared secrets).
+finalisation, nodes), ``access`` (keys, roles and shared secrets) and ``webhooks``
+(endpoints and the outbox of batch events).
 """
 
 from barge.store.rows import _BATCH_COLUMNS as _BATCH_COLUMNS

@@ -12,6 +12,7 @@ import orjson
 
 from barge.domain.models import BatchRecord
 from barge.domain.status import STAMPS, Status, can_transition
+from barge.domain.webhooks import EVENT_FOR_STATUS, new_event_id
 from barge.exceptions import Conflict, NotFound
 from barge.store.rows import _BATCH_COLUMNS, _batch
 from barge.store.sqlite.rows import _SETTABLE
@@ -92,4 +93,20 @@ class Verbs:
             f"UPDATE batches SET {', '.join(f'{k}=?' for k in sets)} WHERE id=?",
             (*sets.values(), batch_id),
         )
+        event = EVENT_FOR_STATUS.get(to)
+        if event is not None:
+            _enqueue_webhooks(db, current.account, batch_id, event.value, now)
         return Verbs._get_batch(db, None, batch_id)
+
+
+def _enqueue_webhooks(db: sqlite3.Connection, account: str, batch_id: str, event: str,
+                      now: float) -> None:
+    """Inside the transaction that moves the batch: one new event, and a pending
+    delivery of it, due now, for each live endpoint of ``account`` that wants it."""
+    db.execute(
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id, account, batch_id, type,"
+        " created_at, status, next_attempt_at)"
+        " SELECT ?, id, account, ?, ?, ?, 'pending', ? FROM webhook_endpoints"
+        " WHERE account=? AND deleted_at IS NULL AND instr(events, ?) > 0 ORDER BY seq",
+        (new_event_id(), batch_id, event, int(now), now, account, f'"{event}"'),
+    )

@@ -13,19 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from barge.exceptions import StorageError, StoreUnavailable
-from barge.store.protocol import Store
+from barge.store.protocol import PING_TIMEOUT, Store
 from barge.store.sqlite.access import AccessVerbs
 from barge.store.sqlite.base import R
 from barge.store.sqlite.batches import BatchVerbs
 from barge.store.sqlite.files import FileVerbs
 from barge.store.sqlite.migrations import migrations, split_statements
+from barge.store.sqlite.webhooks import WebhookVerbs
 from barge.store.sqlite.work import WorkVerbs
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]"]
 MAX_GROUP = 256  # writes that may share one commit
 
 
-class SQLiteStore(FileVerbs, BatchVerbs, WorkVerbs, AccessVerbs):
+class SQLiteStore(FileVerbs, BatchVerbs, WorkVerbs, AccessVerbs, WebhookVerbs):
     """Writes go through one connection on one writer thread, with group commit: the
     writes waiting when a transaction starts share it (each in a savepoint of its own, so
     each succeeds or fails alone) and one fsync makes them all durable; no caller hears of
@@ -143,6 +144,14 @@ class SQLiteStore(FileVerbs, BatchVerbs, WorkVerbs, AccessVerbs):
         self._writer = threading.Thread(target=self._write_loop, name="barge-sqlite-writer",
                                         daemon=True)
         self._writer.start()
+
+    async def ping(self, timeout: float = PING_TIMEOUT) -> None:
+        """A read of the schema table on the reader connection (it never waits for a
+        writer for long), and a look that the writer thread still runs."""
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreUnavailable("The store is closed.")
+        await self._read(lambda db: db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+                         .fetchall())
 
     async def close(self) -> None:
         if self._db is None:
