@@ -14,13 +14,29 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 from api.support import chat_line, to_jsonl
 from barge_process import ADMIN_KEY, BargeProcess, clean_env
+from upstream import UpstreamConfig, UpstreamServer
+
+
+@contextmanager
+def served(folder: Path, *args: str) -> Iterator[BargeProcess]:
+    """A ``barge serve`` in ``folder`` in front of a loopback upstream of its own (quick
+    retries), for a test module's client commands; ``args`` are its further flags."""
+    with UpstreamServer.in_thread(UpstreamConfig()) as up:
+        proc = BargeProcess(folder / "data", up.base_url, "--backoff-base", "0.01", *args)
+        proc.start()
+        try:
+            yield proc
+        finally:
+            proc.kill()
+
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 

@@ -11,24 +11,13 @@ from typing import Any
 import pytest
 from api.support import wait_terminal
 from barge_process import BargeProcess
-from cli.client_support import chat_file, cli, read_jsonl
-from upstream import UpstreamConfig, UpstreamServer
+from cli.client_support import chat_file, cli, read_jsonl, served
 
 
 @pytest.fixture(scope="module")
-def upstream_m() -> Iterator[UpstreamServer]:
-    with UpstreamServer.in_thread(UpstreamConfig()) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory,
-           upstream_m: UpstreamServer) -> Iterator[BargeProcess]:
-    proc = BargeProcess(tmp_path_factory.mktemp("client-cmds") / "data", upstream_m.base_url,
-                        "--backoff-base", "0.01", "--upstream-concurrency", "2")
-    proc.start()
-    yield proc
-    proc.kill()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BargeProcess]:
+    with served(tmp_path_factory.mktemp("client-cmds"), "--upstream-concurrency", "2") as proc:
+        yield proc
 
 
 def ok(done: Any) -> str:

@@ -13,27 +13,16 @@ from pathlib import Path
 import pytest
 from api.support import chat_line, request_line, to_jsonl, wait_for
 from barge_process import BargeProcess
-from cli.client_support import chat_file, cli, client_env, read_jsonl, write_requests
-from upstream import UpstreamConfig, UpstreamServer
+from cli.client_support import chat_file, cli, client_env, read_jsonl, served, write_requests
 
 
 @pytest.fixture(scope="module")
-def upstream_m() -> Iterator[UpstreamServer]:
-    with UpstreamServer.in_thread(UpstreamConfig()) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory,
-           upstream_m: UpstreamServer) -> Iterator[BargeProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BargeProcess]:
     """One barge for the module: few requests at once, so that progress takes a while,
     and a 2-second completion window to let batches expire."""
-    proc = BargeProcess(tmp_path_factory.mktemp("client-submit") / "data", upstream_m.base_url,
-                        "--backoff-base", "0.01", "--upstream-concurrency", "4",
-                        "--completion-windows", "24h,2s")
-    proc.start()
-    yield proc
-    proc.kill()
+    with served(tmp_path_factory.mktemp("client-submit"), "--upstream-concurrency", "4",
+                "--completion-windows", "24h,2s") as proc:
+        yield proc
 
 
 def test_submit_wait_downloads_every_result_once(server: BargeProcess, tmp_path: Path) -> None:

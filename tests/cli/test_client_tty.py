@@ -9,24 +9,13 @@ from pathlib import Path
 
 import pytest
 from barge_process import BargeProcess
-from cli.client_support import PtyRun, chat_file, client_env, read_jsonl
-from upstream import UpstreamConfig, UpstreamServer
+from cli.client_support import PtyRun, chat_file, client_env, read_jsonl, served
 
 
 @pytest.fixture(scope="module")
-def upstream_m() -> Iterator[UpstreamServer]:
-    with UpstreamServer.in_thread(UpstreamConfig()) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory,
-           upstream_m: UpstreamServer) -> Iterator[BargeProcess]:
-    proc = BargeProcess(tmp_path_factory.mktemp("client-tty") / "data", upstream_m.base_url,
-                        "--backoff-base", "0.01", "--upstream-concurrency", "4")
-    proc.start()
-    yield proc
-    proc.kill()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BargeProcess]:
+    with served(tmp_path_factory.mktemp("client-tty"), "--upstream-concurrency", "4") as proc:
+        yield proc
 
 
 @pytest.fixture
