@@ -26,11 +26,13 @@ bench: install
 	$(PY) bench/dispatch.py --sizes 1000,20000,50000
 	$(PY) bench/saturation.py
 	$(PY) bench/memory.py --sizes 1000,10000,50000
+	$(PY) bench/million.py --requests 1000000
 	$(PY) bench/small_batches.py --batches 200 --requests 10
 	$(PY) bench/api_latency.py --requests 50000
 	$(PY) bench/cluster.py --requests 20000 --limited-requests 3000
 	$(PY) bench/routing.py --requests 20000
 	$(PY) bench/pacing.py --tokens-per-minute 60000 --seconds 60
+	$(PY) bench/coalescing.py --lines 20000
 
 bench-quick: install
 	$(PY) bench/dispatch.py --sizes 1000,5000 --rounds 1

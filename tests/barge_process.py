@@ -61,7 +61,11 @@ class BargeProcess:
     def client(self, api_key: str = ADMIN_KEY, **kwargs: Any) -> OpenAI:
         return OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
 
-    def start(self, timeout: float = 30.0) -> BargeProcess:
+    def start(self, timeout: float = 30.0,
+              stop_when: Callable[[], bool] | None = None) -> BargeProcess:
+        """Start and wait until /healthz answers 200; RuntimeError (the process killed)
+        when it exits, ``timeout`` passes, or ``stop_when`` (checked while waiting) says
+        the test has seen what it waited for."""
         env = clean_env() | {"BARGE_ADMIN_KEY": ADMIN_KEY} | self.extra_env
         cmd = [
             sys.executable, "-m", "barge.cli", self.command,
@@ -82,6 +86,8 @@ class BargeProcess:
                     return self
             except httpx.HTTPError:
                 pass
+            if stop_when is not None and stop_when():
+                break
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"barge did not become healthy:\n{self.log()}")

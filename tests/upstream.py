@@ -17,6 +17,15 @@ body (see ``UpstreamServer._handle`` and ``_behave``); server-wide behaviour by
   answer sent chunked, without a Content-Length;
 - ``gather``: n — hold the answer until n requests carrying ``gather: n`` are being
   served at once (at most 10 s), so that many are in flight together.
+
+Embeddings (``UpstreamConfig.embedding_dims`` > 0) are deterministic: each input's
+vector comes from a hash of its JSON text, as numbers with 29 decimals (more than a
+double holds, so any re-encoding on the way shows), or base64 float32s with
+``encoding_format: "base64"``; usage is additive (a string ``len // 4 + 1`` tokens, a
+token list its length), so one call of many inputs costs what their calls would. An
+input containing ``UpstreamConfig.reject_input`` makes the whole call a 400, as a
+provider refuses an array with one bad input; ``short_when_many``: true answers a call of
+several inputs with one embedding fewer. Stats count inputs per embeddings call.
 Run standalone: ``python tests/upstream.py --port 0`` prints ``LISTENING <port>``.
 """
 
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import functools
 import gzip
@@ -56,6 +66,8 @@ class UpstreamConfig:
     capacity: int | None = None  # K serving slots; extra requests queue for a slot
     fail_all_status: int | None = None  # answer every request with this status
     record_bodies: bool = True  # hash raw bodies into stats.bodies (needed for keyless fail_times)
+    embedding_dims: int = 0  # > 0: hash-derived embeddings of that size (module docstring)
+    reject_input: str | None = None  # an embeddings input containing it: the call gets a 400
 
 
 @dataclass
@@ -71,6 +83,7 @@ class UpstreamStats:
     keys: list[str] = field(default_factory=list)  # x_mock.key values in arrival order
     bodies: Counter[str] = field(default_factory=Counter)  # sha256(raw body) hex -> times
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    embedding_inputs: list[int] = field(default_factory=list)  # inputs of each embeddings call
 
     def reset(self) -> None:
         """Zero everything except the live in_flight/queued gauges."""
@@ -123,6 +136,42 @@ def _text_of(content: Any) -> str:
 
 def _tokens(text: str) -> int:
     return len(text) // 4 + 1
+
+
+def _embedding_inputs(inp: Any) -> list[Any]:
+    """An embeddings ``input`` as its inputs: a string, a token list, or a list of them."""
+    if isinstance(inp, list) and inp and all(type(x) is int for x in inp):
+        return [inp]
+    return list(inp) if isinstance(inp, list) else [inp]
+
+
+def _embedding_text(inp: Any, dims: int) -> list[str]:
+    """``dims`` numbers for one input, as JSON texts of 29 decimals, from its hash."""
+    digest = hashlib.shake_256(orjson.dumps(inp)).digest(13 * dims)
+    out = []
+    for k in range(dims):
+        chunk = digest[13 * k: 13 * k + 13]
+        digits = int.from_bytes(chunk[:12], "big") % 10**29
+        sign = "-" if chunk[12] & 1 else ""
+        out.append(f"{sign}0.{digits:029d}")
+    return out
+
+
+def hash_embeddings(body: dict[str, Any], dims: int) -> dict[str, Any]:
+    """The deterministic answer (module docstring) for an embeddings ``body``."""
+    inputs = _embedding_inputs(body.get("input"))
+    data = []
+    for i, inp in enumerate(inputs):
+        texts = _embedding_text(inp, dims)
+        value: Any
+        if body.get("encoding_format") == "base64":
+            value = base64.b64encode(struct.pack(f"<{dims}f", *map(float, texts))).decode()
+        else:
+            value = orjson.Fragment(("[" + ",".join(texts) + "]").encode())
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = sum(len(x) if isinstance(x, list) else _tokens(str(x)) for x in inputs)
+    return {"object": "list", "data": data, "model": body.get("model", "mock-model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 def _success_body(
@@ -202,7 +251,11 @@ class UpstreamServer:
         st = self.stats
         return web.json_response({"total": st.total, "in_flight": st.in_flight,
                                   "max_in_flight": st.max_in_flight,
-                                  "by_status": {str(k): v for k, v in st.by_status.items()}})
+                                  "by_status": {str(k): v for k, v in st.by_status.items()},
+                                  "by_path": dict(st.by_path),
+                                  "embedding_calls": len(st.embedding_inputs),
+                                  "embedding_inputs": sum(st.embedding_inputs),
+                                  "max_embedding_inputs": max(st.embedding_inputs, default=0)})
 
     async def _reset_stats(self, _: web.Request) -> web.Response:
         self.stats.reset()
@@ -367,7 +420,18 @@ class UpstreamServer:
             return self._respond(200, b"<html>oops", rid, content_type="text/html")
         if mock.get("empty"):
             return self._respond(200, b"", rid)
-        payload = _success_body(endpoint, body, mock, rid)
+        if endpoint == "embeddings":
+            inputs = _embedding_inputs(body.get("input"))
+            self.stats.embedding_inputs.append(len(inputs))
+            marker = self.config.reject_input
+            if marker is not None and any(isinstance(x, str) and marker in x for x in inputs):
+                return self._respond(400, _error_body(400, "An input is invalid"), rid)
+        if endpoint == "embeddings" and self.config.embedding_dims > 0:
+            payload = hash_embeddings(body, self.config.embedding_dims)
+            if mock.get("short_when_many") and len(payload["data"]) > 1:
+                payload["data"].pop()  # one embedding fewer than inputs
+        else:
+            payload = _success_body(endpoint, body, mock, rid)
         if "usage" in mock:
             payload["usage"] = mock["usage"]
         if mock.get("huge_bytes"):
@@ -478,10 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retry-after", default=None)
     p.add_argument("--fail-all-status", type=int, default=None)
     p.add_argument("--no-record-bodies", action="store_true", help="skip sha256 body accounting")
+    p.add_argument("--embedding-dims", type=int, default=0)
+    p.add_argument("--reject-input", default=None)
     a = p.parse_args(argv)
     cfg = UpstreamConfig(max_concurrency=a.max_concurrency, retry_after=a.retry_after,
                          latency=a.latency, capacity=a.capacity, fail_all_status=a.fail_all_status,
-                         record_bodies=not a.no_record_bodies)
+                         record_bodies=not a.no_record_bodies,
+                         embedding_dims=a.embedding_dims, reject_input=a.reject_input)
     server = UpstreamServer(cfg, host=a.host, port=a.port)
     try:
         import uvloop  # faster loop for benchmarks when available

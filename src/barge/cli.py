@@ -368,8 +368,10 @@ def main() -> None:
               help="A key with every permission (never stored).")
 def serve(admin_key: str | None, **options: Any) -> None:
     """Run the API server and the batch engine."""
+    from barge.memory import limit_arenas
     from barge.runserver import run
 
+    limit_arenas()
     _setup_logging(options["log_level"], options["log_format"])
     settings = settings_from(options, admin_key)
     sock = _checked_start(settings, first_key=admin_key is None)
@@ -382,9 +384,11 @@ def serve(admin_key: str | None, **options: Any) -> None:
 def worker(**options: Any) -> None:
     """Run the batch engine only, on the shared database and blob store; GET /healthz
     answers on --host/--port."""
+    from barge.memory import limit_arenas
     from barge.runserver import run
     from barge.worker import create_worker_app
 
+    limit_arenas()
     _setup_logging(options["log_level"], options["log_format"])
     settings = settings_from(options, None)
     if not settings.shared:

@@ -371,6 +371,9 @@ def test_another_accounts_objects_are_404_on_every_route(
          MISSING_BATCH),
         ("list batches after", lambda i: intruder.batches.list(after=i), victim.batch_id,
          MISSING_BATCH),
+        ("results so far", lambda i: _sdk_404(
+            admin_request(barge, "GET", f"/batches/{i}/results", key=secret)),
+         running, MISSING_BATCH),
     ]
     if may_write:
         probes += [
@@ -388,6 +391,9 @@ def test_another_accounts_objects_are_404_on_every_route(
              victim.batch_id, MISSING_BATCH),
             ("batch links", lambda i: _sdk_404(
                 admin_request(barge, "GET", f"/batches/{i}?download=true", key=secret)),
+             victim.batch_id, MISSING_BATCH),
+            ("retry batch", lambda i: _sdk_404(
+                admin_request(barge, "POST", f"/batches/{i}/retry", key=secret)),
              victim.batch_id, MISSING_BATCH),
         ]
     for what, call, foreign_id, missing_id in probes:
@@ -465,6 +471,8 @@ def _routes(acct: Account) -> list[tuple[str, str, dict[str, Any] | None]]:
                               "completion_window": "24h"}),
         ("GET", f"/batches/{acct.batch_id}", None),
         ("POST", f"/batches/{acct.batch_id}/cancel", None),
+        ("GET", f"/batches/{acct.batch_id}/results", None),
+        ("POST", f"/batches/{acct.batch_id}/retry", None),
         *ADMIN_ROUTES,
     ]
 

@@ -43,8 +43,10 @@ ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 def client_env(barge: BargeProcess, *, api_key: str = ADMIN_KEY, **extra: str) -> dict[str, str]:
     """The environment of a client command: BARGE_BASE_URL (without /v1, as a user
-    would write it) and BARGE_API_KEY."""
-    return clean_env() | {"BARGE_BASE_URL": f"http://127.0.0.1:{barge.port}",
+    would write it) and BARGE_API_KEY. Not the test run's COLUMNS/LINES (a test runner may
+    set them): piped tables are as wide as their rows unless a test asks for a width."""
+    env = {k: v for k, v in clean_env().items() if k not in ("COLUMNS", "LINES")}
+    return env | {"BARGE_BASE_URL": f"http://127.0.0.1:{barge.port}",
                           "BARGE_API_KEY": api_key} | extra
 
 

@@ -137,8 +137,8 @@ def test_a_database_that_does_not_answer_yet_is_waited_for(
     log_path = tmp_path / "waiting.log"
     proc = BargeProcess(tmp_path / "data", "http://127.0.0.1:9/v1", "--database-url", url,
                         *args[2:], env=env, log_path=log_path)
-    with pytest.raises(RuntimeError, match="did not become healthy"):
-        proc.start(timeout=4)  # killed afterwards
+    with pytest.raises(RuntimeError, match="did not become healthy"):  # killed afterwards
+        proc.start(timeout=30, stop_when=lambda: proc.log().count("waiting for PostgreSQL") >= 2)
     waiting = [ln for ln in proc.log().splitlines() if "waiting for PostgreSQL" in ln]
     assert len(waiting) >= 2, proc.log()  # it tried again, and said so each time
     assert f"127.0.0.1:{port}/barge" in waiting[0] and "refused" in waiting[0], waiting

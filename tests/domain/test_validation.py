@@ -9,8 +9,8 @@ import pytest
 
 from barge.domain.models import LineError
 from barge.domain.validation import (
-    DuplicateTracker,
     ParsedLine,
+    duplicate_error,
     is_blank,
     metadata_problem,
     parse_line,
@@ -146,38 +146,14 @@ def test_is_blank() -> None:
     assert not is_blank(b" x ")
 
 
-class TestDuplicateTracker:
-    def test_first_sighting_is_fine(self) -> None:
-        t = DuplicateTracker()
-        assert t.check("a", 1) is None
-        assert t.check("b", 2) is None
-
-    def test_repeat_is_an_error_at_the_repeating_line(self) -> None:
-        t = DuplicateTracker()
-        assert t.check("a", 1) is None
-        assert t.check("b", 2) is None
-        err = t.check("a", 5)
-        assert isinstance(err, LineError)
-        assert err.code == "duplicate_custom_id"
-        assert err.line == 5
-        assert err.param == "custom_id"
-        assert "a" in err.message
-
-    def test_every_further_repeat_is_reported(self) -> None:
-        t = DuplicateTracker()
-        t.check("a", 1)
-        assert t.check("a", 2) is not None
-        assert t.check("a", 3) is not None
-
-    def test_ids_are_case_sensitive(self) -> None:
-        t = DuplicateTracker()
-        assert t.check("A", 1) is None
-        assert t.check("a", 2) is None
-
-    def test_trackers_are_independent(self) -> None:
-        first, second = DuplicateTracker(), DuplicateTracker()
-        assert first.check("a", 1) is None
-        assert second.check("a", 1) is None
+def test_duplicate_error_names_the_id_at_the_repeating_line() -> None:
+    # Which lines repeat is barge.engine.duplicates' work (tests/engine/test_duplicates.py).
+    err = duplicate_error("a", 5)
+    assert isinstance(err, LineError)
+    assert err.code == "duplicate_custom_id"
+    assert err.line == 5
+    assert err.param == "custom_id"
+    assert err.message == "The custom_id 'a' appears more than once."
 
 
 @pytest.mark.parametrize(

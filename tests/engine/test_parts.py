@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from barge.engine.parts import PartWriter, done_map, read_records
+from barge.engine.parts import PartWriter, done_map, parse_records, read_records
 from barge.store.protocol import SliceProgress
 
 
@@ -23,13 +23,16 @@ def test_append_take_sync_round_trip(tmp_path: Path) -> None:
     w.append(2, False, rec(2))
     w.append(1, True, rec(1))
     assert w.pending
-    data, completed, failed, done, _ = w.take()
+    data, completed, failed, done, usage, ok_bytes, err_bytes = w.take()
     assert (completed, failed, done) == (2, 1, False)
+    # what the lines add to the output and error files, a newline each
+    assert (ok_bytes, err_bytes) == (len(rec(0)) + len(rec(1)) + 2, len(rec(2)) + 1)
     assert data == b"0 o " + rec(0) + b"\n2 e " + rec(2) + b"\n1 o " + rec(1) + b"\n"
     assert not w.pending  # take empties the buffer
     assert part.stat().st_size == 0  # nothing is on disk before sync
-    progress = w.sync(data, completed, failed, done)
-    assert progress == SliceProgress(0, len(data), 2, 1, False)
+    progress = w.sync(data, completed, failed, done, usage, ok_bytes, err_bytes)
+    assert progress == SliceProgress(0, len(data), 2, 1, False, ok_bytes=ok_bytes,
+                                     err_bytes=err_bytes, part_start=0)
     assert part.read_bytes() == data
     assert list(read_records(part, len(data))) == [
         (0, True, rec(0)), (2, False, rec(2)), (1, True, rec(1))
@@ -37,9 +40,15 @@ def test_append_take_sync_round_trip(tmp_path: Path) -> None:
 
     # a second round appends and reports deltas, not totals
     w.append(3, True, rec(3))
-    data2, c2, f2, d2, _ = w.take()
-    progress2 = w.sync(data2, c2, f2, d2)
-    assert progress2 == SliceProgress(0, len(data) + len(data2), 1, 0, False)
+    data2, c2, f2, d2, _, ok2, err2 = w.take()
+    assert (ok2, err2) == (len(rec(3)) + 1, 0)  # deltas too
+    progress2 = w.sync(data2, c2, f2, d2, ok_bytes=ok2)
+    assert progress2 == SliceProgress(0, len(data) + len(data2), 1, 0, False, ok_bytes=ok2,
+                                      part_start=len(data))
+    # the records of one flush, read back from its part range
+    assert list(parse_records(part.read_bytes()[progress2.part_start:])) == [
+        (3, True, rec(3))]
+    assert list(parse_records(b"7 e x\n8 o half")) == [(7, False, b"x")]
     assert [r[0] for r in read_records(part, progress2.committed_bytes)] == [0, 2, 1, 3]
 
 
@@ -47,7 +56,7 @@ def test_done_is_reported_once(tmp_path: Path) -> None:
     w = PartWriter(tmp_path / "p.part", 5, 0)
     w.mark_done()
     assert w.pending
-    data, completed, failed, done, _ = w.take()
+    data, completed, failed, done, *_ = w.take()
     assert (data, completed, failed, done) == (b"", 0, 0, True)
     assert not w.pending
     assert w.sync(data, completed, failed, done) == SliceProgress(5, 0, 0, 0, True)
@@ -101,7 +110,7 @@ def test_done_map(tmp_path: Path) -> None:
     w = PartWriter(part, 0, 0)
     for i in (0, 3, 7):
         w.append(i, i != 3, rec(i))
-    data, c, f, d, _ = w.take()
+    data, c, f, d, *_ = w.take()
     p = w.sync(data, c, f, d)
     assert done_map(part, p.committed_bytes, 8) == bytearray([1, 0, 0, 1, 0, 0, 0, 1])
     assert done_map(part, 0, 8) == bytearray(8)

@@ -25,7 +25,7 @@ from store.test_store_contract import (
 )
 
 from barge.exceptions import Conflict, Fenced
-from barge.store.protocol import ResultRecord, SliceProgress, Store, StoredResult
+from barge.store.protocol import ResultGroup, ResultRecord, SliceProgress, Store, StoredResult
 
 FAR = 2**40  # an expiry no test reaches (Unix seconds)
 
@@ -40,8 +40,8 @@ def records(no: int, indexes: range | list[int], *, fail_every: int = 3) -> tupl
     return tuple((i, i % fail_every != 0, line(no, i, i % fail_every != 0)) for i in indexes)
 
 
-def stored(no: int, recs: tuple[ResultRecord, ...]) -> list[StoredResult]:
-    return [StoredResult(no, i, ok, data) for i, ok, data in recs]
+def stored(no: int, recs: tuple[ResultRecord, ...], commit: int = 1) -> list[StoredResult]:
+    return [StoredResult(no, i, ok, data, commit) for i, ok, data in recs]
 
 
 async def sending(store: Store, sizes: list[int], *, expires_at: int = FAR,
@@ -57,13 +57,13 @@ async def sending(store: Store, sizes: list[int], *, expires_at: int = FAR,
 async def every_result(store: Store, bid: str, *, limit: int = 1000) -> list[StoredResult]:
     """Every stored result of ``bid``, page by page."""
     out: list[StoredResult] = []
-    after: tuple[int, int] | None = None
+    after: tuple[int, int, int] | None = None
     while True:
         page = await store.slice_results(bid, after=after, limit=limit)
         out += page
         if len(page) < limit:
             return out
-        after = (page[-1].slice_no, page[-1].index)
+        after = (page[-1].slice_no, page[-1].commit_no, page[-1].index)
 
 
 async def cancelling(store: Store, bid: str) -> None:
@@ -83,8 +83,8 @@ class TestResultRecords:
         await store.record_progress(bid, [SliceProgress(1, 80, 1, 1, False, records=r1),
                                           SliceProgress(0, 90, 2, 1, False, records=r0)])
         assert await store.slice_results(bid) == [
-            *stored(0, r0), StoredResult(1, 1, True, line(1, 1)),
-            StoredResult(1, 4, True, line(1, 4, True))]
+            *stored(0, r0), StoredResult(1, 1, True, line(1, 1), 1),
+            StoredResult(1, 4, True, line(1, 4, True), 1)]
         assert await store.done_indexes(bid, 0) == [0, 2, 3]
         assert await store.done_indexes(bid, 1) == [1, 4]
         b = await store.get_batch(None, bid)
@@ -95,13 +95,15 @@ class TestResultRecords:
                                           SliceProgress(0, 120, 1, 1, True, records=r0b)])
         assert await store.done_indexes(bid, 0) == [0, 1, 2, 3, 4]
         assert await store.done_indexes(bid, 1) == [1, 4]
-        assert [(r.slice_no, r.index) for r in await store.slice_results(bid)] == [
-            (0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 4)]
+        # in the files' order: by slice, then by commit, then by index
+        assert [(r.slice_no, r.commit_no, r.index) for r in await store.slice_results(bid)
+                ] == [(0, 1, 0), (0, 1, 2), (0, 1, 3), (0, 2, 1), (0, 2, 4), (1, 1, 1),
+                      (1, 1, 4)]
         # an empty line is a line
         await store.record_progress(bid, [SliceProgress(1, 90, 0, 1, True,
                                                         records=((0, False, b""),))])
-        assert (await store.slice_results(bid, after=(0, 4), limit=1)) == [
-            StoredResult(1, 0, False, b"")]
+        assert (await store.slice_results(bid, after=(1, 1, 4), limit=1)) == [
+            StoredResult(1, 0, False, b"", 3)]
 
     @pytest.mark.asyncio
     async def test_results_are_per_batch_and_slice(self, store: Store) -> None:
@@ -122,19 +124,22 @@ class TestResultRecords:
         assert await store.slice_results("batch_nope") == []
 
     @pytest.mark.asyncio
-    async def test_a_record_stored_again_replaces_it(self, store: Store) -> None:
+    async def test_a_record_stored_again_is_left_out(self, store: Store) -> None:
+        """A stored result never changes (a reader who has seen it must not see another),
+        nor does its group: a flush sent again after an answer that was lost keeps the
+        first."""
         bid = await sending(store, [4])
         await store.record_progress(bid, [
             SliceProgress(0, 10, 1, 0, False, records=((1, True, b"first"),)),
             SliceProgress(0, 20, 0, 1, False, records=((1, False, b"second"),
                                                       (2, True, b"x"), (2, True, b"y"))),
         ])
-        assert await store.slice_results(bid) == [StoredResult(0, 1, False, b"second"),
-                                                  StoredResult(0, 2, True, b"y")]
+        first = [StoredResult(0, 1, True, b"first", 1), StoredResult(0, 2, True, b"x", 1)]
+        assert await store.slice_results(bid) == first
         await store.record_progress(bid, [SliceProgress(0, 30, 0, 0, False,
                                                         records=((1, True, b"third"),))])
-        assert await store.slice_results(bid) == [StoredResult(0, 1, True, b"third"),
-                                                  StoredResult(0, 2, True, b"y")]
+        assert await store.slice_results(bid) == first
+        assert await store.result_groups(bid) == [ResultGroup(1, 0, 2, 0, 8, 0)]
 
     @pytest.mark.asyncio
     async def test_thousands_of_records_in_one_call_and_paging(self, store: Store) -> None:
@@ -146,7 +151,7 @@ class TestResultRecords:
             SliceProgress(no, 100, len(r), 0, False, records=r) for no, r in enumerate(big)])
         elapsed = time.monotonic() - started
         expected = sorted((r for no, recs in enumerate(big) for r in stored(no, recs)),
-                          key=lambda r: (r.slice_no, r.index))
+                          key=lambda r: (r.slice_no, r.index))  # one commit
         assert len(expected) == 5000
         assert elapsed < 10, elapsed  # one statement, not a round trip per row
         assert await every_result(store, bid) == expected
@@ -154,11 +159,13 @@ class TestResultRecords:
         page = await store.slice_results(bid)
         assert page == expected[:1000]  # the default limit
         # the cursor is exclusive and need not name a stored result
-        assert await store.slice_results(bid, after=(0, 2999), limit=2) == expected[3000:3002]
-        assert await store.slice_results(bid, after=(1, 1), limit=1) == [expected[3001]]
-        assert await store.slice_results(bid, after=(0, -1), limit=1) == [expected[0]]
-        assert await store.slice_results(bid, after=(2, 999)) == []
-        assert await store.slice_results(bid, after=(7, 0)) == []
+        assert await store.slice_results(bid, after=(0, 1, 2999), limit=2) == \
+            expected[3000:3002]
+        assert await store.slice_results(bid, after=(1, 1, 1), limit=1) == [expected[3001]]
+        assert await store.slice_results(bid, after=(0, 1, -1), limit=1) == [expected[0]]
+        assert await store.slice_results(bid, after=(0, 0, 5000), limit=1) == [expected[0]]
+        assert await store.slice_results(bid, after=(2, 1, 999)) == []
+        assert await store.slice_results(bid, after=(7, 0, 0)) == []
         assert await store.slice_results(bid, limit=0) == []
         assert await store.done_indexes(bid, 1) == list(range(0, 2000, 2))
         assert await store.done_indexes(bid, 2) == list(range(1000))

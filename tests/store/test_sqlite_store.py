@@ -77,7 +77,11 @@ def test_parser_finds_the_four_tables() -> None:
     assert {"lease_token", "lease_owner", "lease_expires"} <= set(tables["slices"])
     assert {"fin_token", "fin_owner", "fin_expires"} <= set(tables["batches"])
     assert {"lease_tokens", "nodes"} <= set(tables)
-    assert tables["results"] == ["batch_id", "slice_no", "idx", "ok", "line"]
+    assert tables["results"] == ["batch_id", "slice_no", "idx", "ok", "line", "commit_no"]
+    assert tables["result_log"] == ["batch_id", "commit_no", "slice_no", "n_ok", "n_err",
+                                    "ok_bytes", "err_bytes", "part_start", "part_end",
+                                    "ok_offset", "err_offset"]
+    assert tables["batches"][-1] == "result_commits"
     assert tables["secrets"] == ["name", "value"]
     assert tables["account_weights"] == ["account", "weight", "updated_at",
                                          "max_in_flight", "tokens_per_minute"]

@@ -149,6 +149,12 @@ def test_a_literal_api_key_is_refused(tmp_path: Path) -> None:
         ("priority_field", '""', "string"),
         ("api_key_env", "1", "environment variable"),
         ("timeout", "3", "unknown"),
+        ("coalesce", '"no"', "true or false"),
+        ("coalesce", "0", "true or false"),
+        ("coalesce_max_inputs", "0", "from 1 to 2048"),
+        ("coalesce_max_inputs", "2049", "2048"),
+        ("coalesce_max_tokens", "0", "at least 1"),
+        ("coalesce_max_tokens", '"8k"', "integer"),
     ],
 )
 def test_a_wrong_value_is_one_line_naming_the_upstream_and_key(
@@ -221,3 +227,16 @@ def test_single_upstream_and_settings() -> None:
                     upstream_concurrency=32).upstream_specs == (spec,)
     listed = (UpstreamSpec(name="a", url="http://a/v1"),)
     assert Settings(upstreams=listed).upstream_specs == listed
+
+
+def test_coalescing_is_on_by_default_and_set_per_upstream(tmp_path: Path) -> None:
+    default = single_upstream("http://gpu:8000/v1", None, 8)
+    assert (default.coalesce, default.coalesce_max_inputs, default.coalesce_max_tokens) == \
+        (True, 64, 8192)
+    text = one(coalesce="false") + one(coalesce_max_inputs="16", coalesce_max_tokens="300"
+                                       ).replace('"u"', '"v"')
+    off, small = load_config(write(tmp_path, text))
+    assert off.coalesce is False and (off.coalesce_max_inputs, off.coalesce_max_tokens) == \
+        (64, 8192)
+    assert small.coalesce is True and (small.coalesce_max_inputs,
+                                       small.coalesce_max_tokens) == (16, 300)

@@ -1,4 +1,4 @@
-"""``/v1/batches``: create, retrieve, list, cancel, delete."""
+"""``/v1/batches``: create, retrieve, list, cancel, delete; results so far, retry."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from barge.api.auth import require
 from barge.api.downloads import download_object
 from barge.api.requests import app_of, json_object
 from barge.api.responses import JSON
+from barge.api.retry import retry_failed
 from barge.api.submit import BatchRequest, submit_batch
 from barge.domain.permissions import Action, Caller
 from barge.domain.projection import batch_object, list_object
 from barge.domain.status import TERMINAL, Status, project
 from barge.domain.validation import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS
+from barge.engine.live_results import DEFAULT_LIMIT, MAX_LIMIT, NEXT_AFTER, read_results
 from barge.engine.purge import purge_batch
 from barge.exceptions import Conflict, InvalidRequest
 from barge.logs import batch_event
@@ -106,6 +108,35 @@ async def retrieve_batch(
     if download:
         body["download"] = download_object(request, caller, record)
     return JSON(body)
+
+
+@router.get("/{batch_id}/results")
+async def batch_results(
+    request: Request,
+    caller: Annotated[Caller, Depends(require(Action.GET_BATCH))],
+    batch_id: str,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Response:
+    """The results committed so far after the cursor ``after``, in commit order, as the
+    output and error files' lines; the next cursor in the ``barge-next-after`` header
+    (empty once the batch has ended and none is left)."""
+    app = app_of(request)
+    page = await read_results(app.store, app.blobs, batch_id, account=caller.account,
+                              after=after, limit=limit, work_dir=app.settings.work_dir,
+                              shared=app.settings.shared)
+    return Response(b"".join(page.lines), media_type="application/jsonl",
+                    headers={NEXT_AFTER: page.next_after})
+
+
+@router.post("/{batch_id}/retry")
+async def retry_batch(
+    request: Request,
+    caller: Annotated[Caller, Depends(require(Action.CREATE_BATCH))],
+    batch_id: str,
+) -> JSON:
+    """A new batch of the ended batch's requests that have no line in its output file."""
+    return JSON(batch_object(await retry_failed(app_of(request), caller, batch_id)))
 
 
 @router.post("/{batch_id}/cancel")

@@ -54,6 +54,7 @@ from obstore.store import S3Store
 from barge.blobs.common import Spool, check_key, check_range, rechunk, storage_error
 from barge.blobs.protocol import PING_TIMEOUT, BlobInfo, Blobs, BlobWriter
 from barge.exceptions import BargeError, BlobsUnavailable, NotFound
+from barge.memory import release_free_memory
 
 if TYPE_CHECKING:
     from obstore import GetOptions, GetResult, ObjectMeta
@@ -62,7 +63,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("barge.blobs")
 
 MiB = 1 << 20
-DEFAULT_PART_SIZE = 8 * MiB  # S3 wants at least 5 MiB for every part but the last
+# S3 wants at least 5 MiB for every part but the last. Each part in flight holds about
+# twice its size in memory, so parts are small and few go at once: an upload adds ~20 MiB
+# to the process, however large the file.
+DEFAULT_PART_SIZE = 5 * MiB
+DEFAULT_CONCURRENCY = 2
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 STALE_SCRATCH_S = 600  # a spool or partial download untouched this long is a crash's
 
@@ -135,7 +140,7 @@ class S3Blobs:
         secret_access_key: str | None = None,
         session_token: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
-        max_concurrency: int = 4,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
         request_timeout: timedelta = timedelta(hours=6),
         read_timeout: timedelta = timedelta(minutes=2),
         max_retries: int = 5,
@@ -201,7 +206,7 @@ class S3Blobs:
         cache: Path,
         environ: Mapping[str, str] | None = None,
         part_size: int = DEFAULT_PART_SIZE,
-        max_concurrency: int = 4,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
     ) -> S3Blobs:
         """``s3://bucket/optional/prefix``, with the endpoint and credentials read from
         ``environ`` (``os.environ`` by default)."""
@@ -325,6 +330,9 @@ class S3Blobs:
                                          max_concurrency=self._max_concurrency)
         except _DRIVER_ERRORS as e:
             raise self._failure(e, key, missing=False) from e
+        finally:
+            if size > part_size:  # the parts were buffers of the driver's threads
+                await asyncio.to_thread(release_free_memory)
         await asyncio.to_thread(self._adopt, key, path, result["e_tag"])
 
     def _adopt(self, key: str, path: Path, etag: str | None) -> None:
@@ -447,6 +455,8 @@ class S3Blobs:
                         await self._download(key, final, etag)
                     except _Changed:
                         continue
+                    if meta["size"] > self._part_size:  # chunks of the driver's threads
+                        await asyncio.to_thread(release_free_memory)
                     return final
                 raise BlobsUnavailable(f"The file {key} kept changing while it was read.")
         finally:

@@ -4,19 +4,23 @@ for people; ``--json`` prints the server's answer as it is, for scripts."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from barge.client import render
-from barge.client.http import Client
+from barge.client.http import ApiError, Client
 from barge.client.options import client_command, json_option
 from barge.client.results import download_results
+
+FOLLOW_RETRIES = 10  # failed looks in a row --follow rides out (a server restarting)
 
 
 @click.group()
 def batches() -> None:
-    """List, inspect, cancel, delete and download batches on a Barge server."""
+    """List, inspect, cancel, delete, retry and download batches on a Barge server, and
+    read their results as they come."""
 
 
 @batches.command("list")
@@ -74,6 +78,62 @@ def batches_delete(client: Client, batch_id: str, as_json: bool) -> None:
         render.print_json(answer)
     else:
         click.echo(f"deleted {answer.get('id', batch_id)}")
+
+
+@batches.command("results")
+@click.argument("batch_id")
+@click.option("--after", default=None,
+              help="Start after this cursor (a 'next:' value printed before); default: "
+                   "from the first result.")
+@click.option("--follow", is_flag=True,
+              help="Keep reading as results come, until the batch has ended and every "
+                   "result is printed.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=None,
+              help="Results asked for per request (the server's default: 1,000).")
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0,
+              show_default=True, help="Seconds between looks for new results (--follow).")
+@client_command
+def batches_results(client: Client, batch_id: str, after: str | None, follow: bool,
+                    limit: int | None, interval: float) -> None:
+    """Print a batch's results so far as JSON Lines (the output and error files' lines,
+    in the order they were recorded), even while it runs. Without --follow, prints what
+    there is and the cursor to go on from (on stderr)."""
+    out = sys.stdout.buffer
+    cursor, failures = after, 0
+    while True:
+        try:
+            body, next_after = client.results_page(batch_id, after=cursor, limit=limit)
+        except ApiError as e:
+            if not (follow and e.transient) or failures >= FOLLOW_RETRIES:
+                raise
+            failures += 1  # the server restarts, say: the cursor still holds
+            time.sleep(min(interval * 2 ** failures, 30.0))
+            continue
+        failures = 0
+        out.write(body)
+        out.flush()
+        if next_after == "":
+            return
+        if not body:
+            if not follow:
+                click.echo(f"next: --after {next_after}", err=True)
+                return
+            time.sleep(interval)
+        cursor = next_after
+
+
+@batches.command("retry")
+@click.argument("batch_id")
+@json_option
+@client_command
+def batches_retry(client: Client, batch_id: str, as_json: bool) -> None:
+    """Create a new batch of an ended batch's requests that did not succeed (failed,
+    expired or never run), and print its id."""
+    batch = client.retry_batch(batch_id)
+    if as_json:
+        render.print_json(batch)
+    else:
+        click.echo(batch["id"])
 
 
 @batches.command("download")

@@ -232,6 +232,32 @@ class Client:
         answer: dict[str, Any] = self.request("DELETE", f"/batches/{batch_id}")
         return answer
 
+    def retry_batch(self, batch_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", f"/batches/{batch_id}/retry")
+        return answer
+
+    async def _results(self, batch_id: str, after: str | None, limit: int | None
+                       ) -> tuple[bytes, str]:
+        http = await self._http()
+        query = {k: str(v) for k, v in (("after", after), ("limit", limit)) if v}
+        try:
+            async with http.get(f"{self.base}/batches/{batch_id}/results",
+                                params=query) as r:
+                body = await r.read()
+                if r.status >= 400:
+                    raise _error_of(r.status, body)
+                return body, r.headers.get("barge-next-after", "")
+        except aiohttp.ClientError as e:
+            raise ApiError(f"cannot reach {self.base}: {e or type(e).__name__}") from None
+        except TimeoutError:
+            raise ApiError(f"{self.base} did not answer in time") from None
+
+    def results_page(self, batch_id: str, *, after: str | None = None,
+                     limit: int | None = None) -> tuple[bytes, str]:
+        """One page of the batch's results so far (JSON Lines) and the cursor after it
+        ("" once the batch has ended and every result was read)."""
+        return self._run(self._results(batch_id, after, limit))
+
     # ---- webhooks --------------------------------------------------------------------------
     def add_webhook(self, url: str, events: list[str] | None) -> dict[str, Any]:
         body: dict[str, Any] = {"url": url}

@@ -91,6 +91,9 @@ class BatchRecord:
     # Metadata values are JSON texts (the compact dialect's batch_dict), not plain strings
     # (OpenAI metadata); None for a batch stored before this was kept.
     metadata_json: bool | None = False
+    # Commits of results counted so far (``Store.record_progress``), which number the
+    # groups of its results log; None for a batch stored before the log was kept.
+    result_commits: int | None = 0
 
     def replace(self, **changes: Any) -> BatchRecord:
         return dataclasses.replace(self, **changes)

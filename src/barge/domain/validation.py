@@ -104,22 +104,15 @@ def parse_line(raw: bytes, line_no: int, endpoint: str) -> ParsedLine | LineErro
     return ParsedLine(custom_id, model, body)
 
 
-class DuplicateTracker:
-    """Remembers the custom_ids seen so far in one file."""
-
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-
-    def check(self, custom_id: str, line_no: int) -> LineError | None:
-        if custom_id in self._seen:
-            return LineError(
-                LineCodes.DUPLICATE_CUSTOM_ID,
-                f"The custom_id {custom_id!r} appears more than once.",
-                line_no,
-                "custom_id",
-            )
-        self._seen.add(custom_id)
-        return None
+def duplicate_error(custom_id: str, line_no: int) -> LineError:
+    """The error of a line (``line_no``, 1-based) whose custom_id an earlier line had;
+    finding such lines in bounded memory is ``barge.engine.duplicates``' work."""
+    return LineError(
+        LineCodes.DUPLICATE_CUSTOM_ID,
+        f"The custom_id {custom_id!r} appears more than once.",
+        line_no,
+        "custom_id",
+    )
 
 
 def window_seconds(window: str) -> int | None:

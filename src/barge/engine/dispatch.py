@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ import orjson
 from barge.domain.ids import new_request_id
 from barge.domain.results import ResultCodes, error_line, json_fragment, output_line
 from barge.domain.usage import NO_USAGE, Usage, usage_of
+from barge.engine.coalesce import EMBEDDINGS, Item, combined_body, split_answer
 from barge.engine.limiter import AdaptiveLimiter, Outcome
 from barge.engine.pacing import estimate_tokens
 from barge.engine.retry import backoff, is_retryable_status, retry_after
@@ -228,6 +229,117 @@ class Dispatcher:
         if self._metrics is not None and result is not None:
             self._metrics.finished(line["url"], model, result.ok)
         return result
+
+    async def execute_group(self, items: Sequence[Item],
+                            stoppings: Sequence[Callable[[], bool]],
+                            priority: int | None = None) -> list[Result | None]:
+        """The results of embeddings lines alike (``coalesce``), sent as one call: each
+        line's own answer, cut from the call's. A call that fails for good (a final or
+        last HTTP error, timeout or broken connection, an answer over the size cap or
+        one that cannot be cut) sends the lines again one by one, each with all its
+        attempts, so a bad input costs only its own line. None for a line whose batch
+        stopped (``stoppings``, one per line: the call goes on while one still wants it)."""
+        def stopping() -> bool:
+            return all(stopped() for stopped in stoppings)
+
+        try:
+            results = await self._group_attempts(items, stopping, priority)
+        except Exception:  # a bug must not cost the lines: they go one by one
+            log.exception("a call of %d embeddings requests failed unexpectedly; sending "
+                          "them one by one", len(items))
+            results = None
+        if results is None:
+            return list(await asyncio.gather(*(
+                self.execute(item.raw, stopped, priority)
+                for item, stopped in zip(items, stoppings, strict=True))))
+        if self._metrics is not None:
+            for item, result in zip(items, results, strict=True):
+                if result is not None:
+                    self._metrics.finished(EMBEDDINGS, item.model, result.ok)
+        return results
+
+    async def _group_attempts(
+        self, items: Sequence[Item], stopping: Callable[[], bool], priority: int | None,
+    ) -> list[Result | None] | None:
+        """``execute_group``'s call with its retries, as ``_attempts`` makes them; None
+        when the lines must go one by one."""
+        model = items[0].model
+        policy = self._policy
+        router = self.router
+        tokens = sum(item.tokens for item in items) if router.counts_tokens else 0
+        stopped: list[Result | None] = [None] * len(items)
+        attempt = 0
+        unreachable = 0
+        avoid: Route | None = None
+        while True:
+            attempt += 1
+            last_try = attempt >= policy.max_attempts
+            wait: float | None = None
+            try:
+                route, granted = await router.acquire(model, avoid, tokens)
+            except NoRoute:
+                attempt -= 1
+                unreachable += 1
+                if not await self._wait_for_upstream(UpstreamUnreachable(
+                        f"No upstream serving '{model}' is in rotation"), unreachable,
+                        stopping):
+                    return stopped
+                continue
+            spec = route.spec
+            body = combined_body(items, spec.outgoing_model(model),
+                                 spec.priority_field if priority is not None else None,
+                                 priority)
+            try:
+                reply = await self._send(route, granted, EMBEDDINGS, body, tokens)
+            except UpstreamUnreachable as e:
+                router.unsent(route, tokens)
+                if self._metrics is not None:
+                    self._metrics.retried(route.name, "connection")
+                attempt -= 1
+                unreachable += 1
+                avoid = route
+                if len(router.for_model(model)) > 1:
+                    continue
+                if not await self._wait_for_upstream(e, unreachable, stopping):
+                    return stopped
+                continue
+            except UpstreamResponseTooLarge:
+                return None  # each line's answer alone is a fraction of it
+            except UpstreamError as e:
+                if last_try:
+                    return None
+                if self._metrics is not None:
+                    self._metrics.retried(route.name, "timeout" if isinstance(
+                        e, UpstreamTimeout) else "connection")
+            else:
+                status = reply.status
+                if 200 <= status < 300:
+                    parsed = _parse(reply.body)
+                    cut = None if parsed is NOT_JSON else split_answer(reply.body, parsed,
+                                                                      items)
+                    if cut is None:
+                        log.warning("upstream %s: an answer to %d embeddings requests in "
+                                    "one call cannot be split; sending them one by one",
+                                    route.name, len(items))
+                        return None
+                    request_id = _request_id(reply.headers)
+                    results: list[Result | None] = [
+                        Result(True, output_line(item.custom_id, status, request_id,
+                                                 json_fragment(text)), usage)
+                        for item, (text, usage) in zip(items, cut, strict=True)]
+                    if route.pacer is not None:
+                        used = sum((u for _, u in cut), NO_USAGE)
+                        if used:
+                            router.settle(route, tokens, used.input_tokens + used.output_tokens)
+                    return results
+                if last_try or not is_retryable_status(status):
+                    return None
+                if self._metrics is not None:
+                    self._metrics.retried(route.name, str(status))
+                wait = retry_after(reply.headers)
+            delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
+            if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
+                return stopped
 
     async def _attempts(
         self, raw: bytes, line: dict[str, Any], custom_id: str, model: str,

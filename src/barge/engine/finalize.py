@@ -15,6 +15,7 @@ from barge.domain.models import Slice
 from barge.domain.results import ResultCodes, error_line
 from barge.domain.validation import is_blank
 from barge.engine.parts import done_map, read_records
+from barge.store.protocol import ExpiredLines
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,9 @@ class Written:
 class Merged:
     output: Written
     errors: Written
+    # The batch_expired lines added after each slice's results, for the results log
+    # (``Store.finish``): (slice_no, lines, bytes).
+    expired: tuple[ExpiredLines, ...] = ()
 
     @property
     def completed(self) -> int:
@@ -63,6 +67,11 @@ class Sink:
         self._bytes += len(data)
         self._lines += 1
 
+    @property
+    def written(self) -> tuple[int, int]:
+        """Lines and bytes written so far."""
+        return self._lines, self._bytes
+
     def close(self) -> Written:
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -78,8 +87,11 @@ def merge_results(
     *, batch_id: str, slices: list[Slice], input_path: Path, work_dir: Path, expire_rest: bool
 ) -> Merged:
     """Write the output and error files into ``work_dir/<batch>/``. With ``expire_rest``,
-    every request without a result goes to the error file as ``batch_expired``."""
+    every request without a result goes to the error file as ``batch_expired``, after
+    the results of its slice. Each slice's records go in part order, which is the order
+    of its commits (see ``ResultGroup``)."""
     out, err = open_sinks(work_dir / batch_id)
+    expired: list[ExpiredLines] = []
     with open(input_path, "rb") if expire_rest else nullcontext() as fh:
         for s in slices:
             part = part_path(work_dir, batch_id, s.no)
@@ -87,8 +99,9 @@ def merge_results(
                 (out if ok else err).add(line)
             if fh is None or s.done:
                 continue
-            expire_missing(fh, s, done_map(part, s.committed_bytes, s.n_lines), err)
-    return Merged(out.close(), err.close())
+            done = done_map(part, s.committed_bytes, s.n_lines)
+            expired.append((s.no, *expire_missing(fh, s, done, err)))
+    return Merged(out.close(), err.close(), tuple(expired))
 
 
 def open_sinks(folder: Path) -> tuple[Sink, Sink]:
@@ -97,9 +110,11 @@ def open_sinks(folder: Path) -> tuple[Sink, Sink]:
     return Sink(folder / "output.jsonl"), Sink(folder / "errors.jsonl")
 
 
-def expire_missing(fh: BinaryIO, s: Slice, done: bytearray, err: Sink) -> None:
+def expire_missing(fh: BinaryIO, s: Slice, done: bytearray, err: Sink) -> tuple[int, int]:
     """Add a ``batch_expired`` error line for each request of ``s`` (read from the input
-    ``fh``) that ``done`` does not mark as having a result."""
+    ``fh``) that ``done`` does not mark as having a result; returns how many lines, of
+    how many bytes."""
+    lines, size = err.written
     fh.seek(s.start_offset)
     for i in range(s.n_lines):
         raw = fh.readline()
@@ -113,3 +128,5 @@ def expire_missing(fh: BinaryIO, s: Slice, done: bytearray, err: Sink) -> None:
                 "The batch expired before this request was completed.",
             )
         )
+    now_lines, now_size = err.written
+    return now_lines - lines, now_size - size

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from barge.domain.validation import is_blank
 from barge.engine.finalize import Merged, Sink, expire_missing, open_sinks
 from barge.engine.pool import Job, Lane, SliceTracker, WorkerPool
 from barge.exceptions import Fenced
-from barge.store.protocol import Lease, SliceProgress, Store, StoredResult
+from barge.store.protocol import ExpiredLines, Lease, SliceProgress, Store, StoredResult
 
 log = logging.getLogger("barge.engine")
 
@@ -288,35 +289,62 @@ async def merge_stored(
     expire_rest: bool,
 ) -> Merged:
     """Write a batch's output and error files into ``folder`` from the results stored
-    with its progress, in slice and line order. With ``expire_rest``, every request
-    without a result goes to the error file as ``batch_expired``."""
+    with its progress, in (slice, commit, line) order (see ``ResultGroup``). With
+    ``expire_rest``, every request without a result goes to the error file as
+    ``batch_expired``, after the results of its slice."""
     out, err = open_sinks(folder)
-    open_slices = {s.no: bytearray(s.n_lines) for s in slices if not s.done} \
-        if expire_rest else {}
-    after: tuple[int, int] | None = None
-    while True:
-        page = await store.slice_results(batch_id, after=after, limit=RESULTS_PAGE)
-        await asyncio.to_thread(_write_page, page, out, err, open_slices)
-        if len(page) < RESULTS_PAGE:
-            break
-        after = (page[-1].slice_no, page[-1].index)
-    if open_slices:
-        await asyncio.to_thread(_expire, input_path, slices, open_slices, err)
-    return Merged(*await asyncio.to_thread(lambda: (out.close(), err.close())))
+    expiring = _Expiring(input_path, slices, err) if expire_rest else None
+    after: tuple[int, int, int] | None = None
+    try:
+        while True:
+            page = await store.slice_results(batch_id, after=after, limit=RESULTS_PAGE)
+            await asyncio.to_thread(_write_page, page, out, err, expiring)
+            if len(page) < RESULTS_PAGE:
+                break
+            last = page[-1]
+            after = (last.slice_no, last.commit_no, last.index)
+        if expiring is not None:
+            await asyncio.to_thread(expiring.up_to, None)
+    finally:
+        if expiring is not None:
+            expiring.close()
+    return Merged(*await asyncio.to_thread(lambda: (out.close(), err.close())),
+                  expired=() if expiring is None else tuple(expiring.expired))
 
 
-def _write_page(page: list[StoredResult], out: Sink, err: Sink,
-                open_slices: dict[int, bytearray]) -> None:
-    for r in page:
-        (out if r.ok else err).add(r.line)
-        done = open_slices.get(r.slice_no)
+class _Expiring:
+    """The batch_expired lines of the slices not done, each slice's written once its
+    stored results are (the files are in slice order)."""
+
+    def __init__(self, input_path: Path, slices: list[Slice], err: Sink) -> None:
+        self._open = deque(s for s in slices if not s.done)
+        self._done = {s.no: bytearray(s.n_lines) for s in self._open}
+        self._err = err
+        self._fh = open(input_path, "rb") if self._open else None  # noqa: SIM115
+        self.expired: list[ExpiredLines] = []
+
+    def mark(self, r: StoredResult) -> None:
+        done = self._done.get(r.slice_no)
         if done is not None:
             done[r.index] = 1
 
+    def up_to(self, slice_no: int | None) -> None:
+        """Write the lines of the slices before ``slice_no`` (None: of all left)."""
+        while self._open and (slice_no is None or self._open[0].no < slice_no):
+            s = self._open.popleft()
+            assert self._fh is not None
+            self.expired.append((s.no, *expire_missing(self._fh, s, self._done.pop(s.no),
+                                                      self._err)))
 
-def _expire(input_path: Path, slices: list[Slice], open_slices: dict[int, bytearray],
-            err: Sink) -> None:
-    with open(input_path, "rb") as fh:
-        for s in slices:
-            if s.no in open_slices:
-                expire_missing(fh, s, open_slices[s.no], err)
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def _write_page(page: list[StoredResult], out: Sink, err: Sink,
+                expiring: _Expiring | None) -> None:
+    for r in page:
+        if expiring is not None:
+            expiring.up_to(r.slice_no)
+            expiring.mark(r)
+        (out if r.ok else err).add(r.line)

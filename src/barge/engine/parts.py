@@ -17,6 +17,14 @@ from barge.store.protocol import SliceProgress
 OK, ERR = b"o", b"e"
 
 
+def parse_records(data: bytes) -> Iterator[tuple[int, bool, bytes]]:
+    """(index, ok, result line) of each whole record in ``data`` (a run of a part)."""
+    end = data.rfind(b"\n") + 1
+    for raw in data[:end].split(b"\n")[:-1]:
+        index, kind, line = raw.split(b" ", 2)
+        yield int(index), kind == OK, line
+
+
 def read_records(path: Path, committed: int) -> Iterator[tuple[int, bool, bytes]]:
     """(index, ok, result line) of every committed record in a part."""
     if committed == 0 or not path.exists():
@@ -51,6 +59,8 @@ class PartWriter:
         self._buffer: list[bytes] = []
         self._completed = 0
         self._failed = 0
+        self._ok_bytes = 0  # what the buffered lines add to the output file
+        self._err_bytes = 0  # and to the error file
         self._usage = NO_USAGE
         self._done = False
         self._done_reported = False
@@ -62,8 +72,10 @@ class PartWriter:
         self._buffer.append(b"%d %s %s\n" % (index, OK if ok else ERR, line))
         if ok:
             self._completed += 1
+            self._ok_bytes += len(line) + 1
         else:
             self._failed += 1
+            self._err_bytes += len(line) + 1
         if usage:
             self._usage += usage
 
@@ -74,23 +86,29 @@ class PartWriter:
     def pending(self) -> bool:
         return bool(self._buffer) or (self._done and not self._done_reported)
 
-    def take(self) -> tuple[bytes, int, int, bool, Usage]:
+    def take(self) -> tuple[bytes, int, int, bool, Usage, int, int]:
         """Hand over what is buffered (called on the event loop; no await inside)."""
         data = b"".join(self._buffer)
-        taken = (data, self._completed, self._failed, self._done, self._usage)
+        taken = (data, self._completed, self._failed, self._done, self._usage,
+                 self._ok_bytes, self._err_bytes)
         self._buffer, self._completed, self._failed, self._usage = [], 0, 0, NO_USAGE
+        self._ok_bytes = self._err_bytes = 0
         if self._done:
             self._done_reported = True
         return taken
 
     def sync(
-        self, data: bytes, completed: int, failed: int, done: bool, usage: Usage = NO_USAGE
+        self, data: bytes, completed: int, failed: int, done: bool, usage: Usage = NO_USAGE,
+        ok_bytes: int = 0, err_bytes: int = 0,
     ) -> SliceProgress:
-        """Append and fsync (called in a worker thread); the progress to acknowledge."""
+        """Append and fsync (called in a worker thread); the progress to acknowledge,
+        with the part range of the records appended (one group of the results log)."""
+        start = self._committed
         if data:
             with open(self._path, "ab") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             self._committed += len(data)
-        return SliceProgress(self.no, self._committed, completed, failed, done, usage)
+        return SliceProgress(self.no, self._committed, completed, failed, done, usage,
+                             ok_bytes=ok_bytes, err_bytes=err_bytes, part_start=start)

@@ -25,7 +25,14 @@ bucket refills. An account without limits costs nothing more.
 
 A batch whose window ends cannot use what its requests in flight would bring: ``abort``
 cuts those requests off at once (their results are never recorded, so each goes to the
-error file as ``batch_expired``) instead of letting them run up to the upstream timeout."""
+error file as ``batch_expired``) instead of letting them run up to the upstream timeout.
+
+An embeddings batch's lane coalesces (``engine.coalesce``): a worker that takes one of
+its requests also takes the requests queued behind it that are alike (the same body but
+``input``), up to the limits of the model's upstreams, and sends them as one call. Each
+request still counts as one turn of its account and lane, one of its account's requests
+in flight and its own tokens, and its result goes to its own slice. Such a lane holds
+at least twice the most inputs of a call, so that whole calls can form."""
 
 from __future__ import annotations
 
@@ -41,7 +48,8 @@ from typing import Protocol
 import orjson
 
 from barge.domain.usage import NO_USAGE, Usage
-from barge.engine.dispatch import Dispatcher
+from barge.engine.coalesce import EMBEDDINGS, Item, prepare, take_alike
+from barge.engine.dispatch import Dispatcher, Result
 from barge.engine.pacing import Bucket, estimate_tokens
 from barge.store.protocol import AccountSettings
 
@@ -86,6 +94,17 @@ class Job:
     raw: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class AlikeJob(Job):
+    """A request of a lane that coalesces (made by ``submit``), read for it."""
+
+    item: Item | None = None  # None: it goes alone
+
+
+def _item_of(job: Job) -> Item | None:
+    return job.item if isinstance(job, AlikeJob) else None
+
+
 URGENCY_HORIZON = 86400.0  # seconds: a batch due further away than this is not urgent
 MIN_TIME_LEFT = 60.0  # seconds: urgency stops growing this close to the deadline
 
@@ -93,11 +112,16 @@ MIN_TIME_LEFT = 60.0  # seconds: urgency stops growing this close to the deadlin
 class Lane:
     """One batch's requests waiting for a worker."""
 
-    __slots__ = ("account", "deadline", "jobs", "listed", "pass_", "space")
+    __slots__ = ("account", "coalesce", "deadline", "floor", "jobs", "limit", "listed",
+                 "pass_", "space")
 
-    def __init__(self, account: str, deadline: float | None = None) -> None:
+    def __init__(self, account: str, deadline: float | None = None, *, limit: int,
+                 floor: int = 1, coalesce: bool = False) -> None:
         self.account = account
         self.deadline = deadline  # Unix seconds the batch is due, if it has a window
+        self.limit = limit  # the most requests it holds
+        self.floor = floor  # what it may hold even when the pool is full
+        self.coalesce = coalesce  # embeddings: alike requests go in one call
         self.jobs: deque[Job] = deque()
         self.listed = False  # in its account's queue (it has jobs)
         self.space: asyncio.Future[None] | None = None  # its reader, waiting for room
@@ -194,10 +218,15 @@ class WorkerPool:
         for n, worker in enumerate(self._workers):
             worker.task = asyncio.create_task(self._work(worker), name=f"barge-worker-{n}")
 
-    @staticmethod
-    def lane(account: str, deadline: float | None = None) -> Lane:
-        """A new, empty lane for one batch of ``account``, due at ``deadline``."""
-        return Lane(account, deadline)
+    def lane(self, account: str, deadline: float | None = None,
+             endpoint: str | None = None) -> Lane:
+        """A new, empty lane for one batch of ``account``, due at ``deadline``, whose
+        requests go to ``endpoint``."""
+        size = self._gate.coalesce_size if endpoint == EMBEDDINGS else 0
+        if size > 1:
+            return Lane(account, deadline, limit=max(self._lane_limit, 2 * size),
+                        floor=size, coalesce=True)
+        return Lane(account, deadline, limit=self._lane_limit)
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """Accounts' weights (those absent weigh 1), from now on."""
@@ -224,8 +253,8 @@ class WorkerPool:
     async def submit(self, lane: Lane, job: Job) -> None:
         """Queue a request in its batch's lane; waits while the lane (or the pool) is full.
         A request whose batch stopped while it waited is not queued."""
-        while len(lane.jobs) >= self._lane_limit or (
-            lane.jobs and self._queued >= self._total_limit
+        while len(lane.jobs) >= lane.limit or (
+            lane.jobs and self._queued >= self._total_limit and len(lane.jobs) >= lane.floor
         ):
             waiter = asyncio.get_running_loop().create_future()
             lane.space = waiter
@@ -235,6 +264,8 @@ class WorkerPool:
                 lane.space = None
             if job.stopping():
                 return
+        if lane.coalesce:
+            job = AlikeJob(job.stopping, job.tracker, job.index, job.raw, prepare(job.raw))
         job.tracker.add()
         lane.jobs.append(job)
         self._queued += 1
@@ -303,10 +334,11 @@ class WorkerPool:
             if not acct.lanes:
                 del self._accounts[lane.account]
 
-    def _take(self) -> tuple[Lane, Job, _Limit | None, int] | None:
+    def _take(self) -> tuple[Lane, Job, _Limit | None, int, list[Job] | None] | None:
         """The next request: the account furthest behind its share (and under its
         limits), then its lane furthest behind its own; with the account's limits, if
-        any, and the tokens charged to them."""
+        any, the tokens charged to them, and the requests that go in one call with it
+        (itself first), if any."""
         accounts = self._accounts
         if not accounts:
             return None
@@ -325,23 +357,47 @@ class WorkerPool:
         lane = lanes[0] if len(lanes) == 1 else min(lanes, key=_pass)
         job = lane.jobs.popleft()
         self._queued -= 1
+        group = self._more_like(lane, job, limit) if lane.coalesce else None
+        taken = 1 if group is None else len(group)
         cost = 0
         if limit is not None:
-            limit.in_flight += 1
+            limit.in_flight += taken
             if limit.bucket is not None:
-                cost = _tokens_of(job.raw)
+                cost = _tokens_of(job.raw) if group is None else sum(
+                    _tokens_in(j) for j in group)
                 limit.bucket.take(cost, time.monotonic())
             if self._queued:
                 self._wake_worker()  # another may go too; if not, it waits again
         urgency = lane.urgency(now)
         self._vtime, acct.vtime = acct.pass_, lane.pass_
-        lane.pass_ += 1.0 / urgency
+        lane.pass_ += taken / urgency
         most = max(urgency, *(x.urgency(now) for x in lanes)) if len(lanes) > 1 else urgency
-        acct.pass_ += 1.0 / (acct.weight * most)
+        acct.pass_ += taken / (acct.weight * most)
         if not lane.jobs:
             self._unlist(lane)
         self._wake_reader(lane)
-        return lane, job, limit, cost
+        return lane, job, limit, cost, group
+
+    def _more_like(self, lane: Lane, first: Job, limit: _Limit | None) -> list[Job] | None:
+        """``first`` and the requests queued behind it in ``lane`` that go in one call
+        with it (taken out of the lane), within the limits of the model's upstreams and
+        the account's requests in flight; None when it goes alone."""
+        item = _item_of(first)
+        if item is None:
+            return None
+        limits = self._gate.coalescing(item.model)
+        if limits is None:
+            return None
+        max_inputs, max_tokens = limits
+        max_lines = max_inputs
+        if limit is not None and limit.max_in_flight is not None:
+            max_lines = min(max_lines, limit.max_in_flight - limit.in_flight)
+        more = take_alike(lane.jobs, item, _item_of, max_inputs=max_inputs,
+                          max_tokens=max_tokens, max_lines=max_lines - 1)
+        if not more:
+            return None
+        self._queued -= len(more)
+        return [first, *more]
 
     def _under_limits(self, first: _Account) -> _Account | None:
         """The account furthest behind its share that is under its limits, ``first``
@@ -420,7 +476,10 @@ class WorkerPool:
                         self._idle.remove(idle)
                     raise
                 continue
-            lane, job, limit, cost = taken
+            lane, job, limit, cost, group = taken
+            if group is not None:
+                await self._send_group(me, lane, group, limit)
+                continue
             sent, usage = False, NO_USAGE
             try:
                 if not job.stopping():  # a stopped batch's queued requests are never sent
@@ -448,9 +507,52 @@ class WorkerPool:
                 if limit is not None:
                     self._finished(limit, cost, sent, usage)
 
+    async def _send_group(self, me: _Worker, lane: Lane, group: list[Job],
+                          limit: _Limit | None) -> None:
+        """Send requests taken together in one call; each result to its own slice."""
+        live = [j for j in group if not j.stopping()]  # a stopped batch's are never sent
+        results: list[Result | None] = []
+        try:
+            if live:
+                me.lane = lane
+                try:
+                    items = [_item_of(j) for j in live]
+                    results = await self._dispatcher.execute_group(
+                        [i for i in items if i is not None], [j.stopping for j in live],
+                        priority=lane.priority(time.time()))
+                finally:
+                    me.lane = None
+                for j, result in zip(live, results, strict=True):
+                    if result is not None:
+                        j.tracker.writer.append(j.index, result.ok, result.line,
+                                                result.usage)
+        except asyncio.CancelledError:
+            if not me.aborted or self._closing:
+                raise  # the pool closes
+            me.aborted = False  # only these requests were cut off: serve the next
+            if me.task is not None:
+                me.task.uncancel()
+        except Exception:
+            log.exception("worker failed on requests; they will be sent again on resume")
+        finally:
+            # ``results`` is empty when cut off: those sent keep their charge.
+            usages = {id(j): r.usage for j, r in zip(live, results, strict=False)
+                      if r is not None}
+            sent = {id(j) for j in live}
+            for j in group:
+                j.tracker.finish_one()
+                if limit is not None:
+                    self._finished(limit, _tokens_in(j), id(j) in sent,
+                                   usages.get(id(j), NO_USAGE))
+
 
 def _pass(x: Lane | _Account) -> float:
     return x.pass_
+
+
+def _tokens_in(job: Job) -> int:
+    item = _item_of(job)
+    return 0 if item is None else item.tokens
 
 
 def _tokens_of(raw: bytes) -> int:

@@ -133,6 +133,11 @@ class Router:
         # Whether requests need their tokens estimated: some upstream has a token budget.
         self.counts_tokens = any(r.pacer is not None and r.pacer.tokens is not None
                                  for r in self.routes)
+        # Embeddings calls: the most inputs one may carry on any upstream (0: none
+        # coalesces), and per model the limits on all of its upstreams (``coalescing``).
+        self.coalesce_size = max((r.spec.coalesce_max_inputs for r in self.routes
+                                  if r.spec.coalesce), default=0)
+        self._coalescing: dict[str, tuple[int, int] | None] = {}
 
     def for_model(self, model: str) -> list[Route]:
         routes = self._by_model.get(model)
@@ -144,6 +149,23 @@ class Router:
 
     def serves(self, model: str) -> bool:
         return bool(self.for_model(model))
+
+    def coalescing(self, model: str) -> tuple[int, int] | None:
+        """The most inputs and estimated tokens one embeddings call for ``model`` may
+        carry: the least of its upstreams' (a call may go to any of them); None when one
+        of them does not coalesce (or none serves it)."""
+        try:
+            return self._coalescing[model]
+        except KeyError:
+            pass
+        routes = self.for_model(model)
+        limits = None
+        if routes and all(r.spec.coalesce for r in routes):
+            limits = (min(r.spec.coalesce_max_inputs for r in routes),
+                      min(r.spec.coalesce_max_tokens for r in routes))
+        if len(self._coalescing) < 10_000:
+            self._coalescing[model] = limits
+        return limits
 
     # -- room, for the worker pool ---------------------------------------------------
 

@@ -38,6 +38,7 @@ from barge.exceptions import (
     StoreUnavailable,
 )
 from barge.logs import batch_event, seconds_since_created
+from barge.memory import release_free_memory
 from barge.settings import Settings
 from barge.store.protocol import Store
 from barge.upstreams.config import serves_any
@@ -71,7 +72,8 @@ class BatchRun:
         self.batch = batch
         self.stop_reason: str | None = None
         self.writers: dict[int, PartWriter] = {}
-        self.lane: Lane = pool.lane(batch.account, float(batch.expires_at))
+        self.lane: Lane = pool.lane(batch.account, float(batch.expires_at),
+                                    batch.endpoint)
         self._pool = pool
         self._store = store
         self._flush_lock = asyncio.Lock()
@@ -104,6 +106,9 @@ class BatchRun:
                 self._broken = True
                 self.stop("error")
                 raise
+            for p in progress:  # a slice recorded done has nothing more to write
+                if p.done:
+                    self.writers.pop(p.no, None)
 
 
 class Engine:
@@ -370,7 +375,9 @@ class Engine:
             max_bytes=s.max_file_bytes,
             slice_lines=s.slice_lines,
             serves=functools.partial(serves_any, s.upstream_specs),
+            scratch=s.work_dir / b.id,
         )
+        await asyncio.to_thread(release_free_memory)  # what the scan freed, for the run
         took = round(time.monotonic() - started, 3)
         if scan.errors:
             ended = await self._store.fail_validation(b.id, errors=scan.errors,
@@ -591,7 +598,8 @@ class Engine:
             )
             fields[field] = file_id
         try:
-            ended = await self._store.finish(b.id, to, files=files, **fields)
+            ended = await self._store.finish(b.id, to, files=files, expired=merged.expired,
+                                             **fields)
         except Fenced:
             # Another node claimed the batch after this one's claim ran out, and writes
             # the files under ids of its own: these belong to no record.

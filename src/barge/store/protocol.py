@@ -36,6 +36,13 @@ class SliceProgress:
     # The results this flush counts, stored in the same transaction as the counts, so
     # that any node can write the batch's files from the store (``slice_results``).
     records: tuple[ResultRecord, ...] = ()
+    # Without ``records``: the bytes the flush adds to the output and to the error file
+    # (its ok and its error lines, a newline each; ``completed`` and ``failed`` count
+    # them), and where its records start in the slice's part (they end at
+    # ``committed_bytes``): one group of the batch's results log (``result_groups``).
+    ok_bytes: int = 0
+    err_bytes: int = 0
+    part_start: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,43 @@ class StoredResult:
     index: int  # of the line within its slice
     ok: bool  # the output file's (True) or the error file's (False)
     line: bytes  # without the newline
+    commit_no: int = 0  # the batch's commit that stored it (its group: ``result_groups``)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultGroup:
+    """What one commit of a batch's results (``commit_no``: the batch's ``record_progress``
+    transactions, numbered from 1) added to one slice: ``n_ok`` output lines of
+    ``ok_bytes`` and ``n_err`` error lines of ``err_bytes`` bytes, newlines included. Its
+    records are in the slice's part at ``[part_start, part_end)`` (one machine) or are the
+    stored results of that commit (``group_results``), until the batch ends. From then
+    on ``ok_offset`` and ``err_offset`` say where its lines start in the output and the
+    error file (None before): the files hold the groups in (slice, commit) order, each
+    group's ok lines together in the one and its error lines together in the other."""
+
+    commit_no: int
+    slice_no: int
+    n_ok: int
+    n_err: int
+    ok_bytes: int
+    err_bytes: int
+    part_start: int = 0
+    part_end: int = 0
+    ok_offset: int | None = None
+    err_offset: int | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.commit_no, self.slice_no
+
+    @property
+    def size(self) -> int:
+        return self.n_ok + self.n_err
+
+
+# Lines ``finish`` adds to the error file after one slice's results (its requests that
+# never got one: ``batch_expired``): (slice_no, lines, bytes with the newlines).
+ExpiredLines = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,30 +240,58 @@ class Store(Protocol):
 
     async def record_progress(self, batch_id: str, progress: Sequence[SliceProgress]) -> None:
         """Acknowledge durable results of several slices in one transaction: the counts,
-        and every entry's ``records`` (a record for an index already stored replaces
-        it). Entries with a ``token`` are fenced: unless every token given is still its
-        slice's current one, the batch is ``processing``, ``cancel`` or ``cancelling``
-        and nobody has claimed its finalisation (``claim_finalize``), nothing of the
-        call is applied and Fenced is raised. Entries without one are applied as they
-        are (no lease is checked)."""
+        and every entry's ``records`` (a record for an index already stored is left out:
+        the first stored stands, and so does its place in the log; of one index given
+        twice in a call, the first). Entries with a ``token`` are fenced: unless every
+        token given is still its slice's current one, the batch is ``processing``,
+        ``cancel`` or ``cancelling`` and nobody has claimed its finalisation
+        (``claim_finalize``), nothing of the call is applied and Fenced is raised.
+        Entries without one are applied as they are (no lease is checked).
+
+        The call is the batch's next commit (``result_commits`` + 1; a batch's commits
+        are serialised): it logs one ``ResultGroup`` per slice it adds results to, in the
+        same transaction — of the records it stored, or, for an entry without records,
+        of its counts, ``ok_bytes``, ``err_bytes`` and part range. Nothing is logged for
+        a batch stored before the log was kept (``result_commits`` NULL)."""
 
     async def slice_results(
-        self, batch_id: str, *, after: tuple[int, int] | None = None, limit: int = 1000
+        self, batch_id: str, *, after: tuple[int, int, int] | None = None, limit: int = 1000
     ) -> list[StoredResult]:
-        """Up to ``limit`` of the batch's stored results in (slice, index) order, those
-        after the (slice_no, index) ``after`` when given."""
+        """Up to ``limit`` of the batch's stored results in (slice, commit, index) order
+        (the order of the result files), those after the (slice_no, commit_no, index)
+        ``after`` when given."""
+
+    async def result_groups(
+        self, batch_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 1000
+    ) -> list[ResultGroup]:
+        """Up to ``limit`` groups of the batch's results log in (commit, slice) order,
+        from the (commit_no, slice_no) ``after`` on, that one included. A group never
+        changes once logged, except that ``finish`` sets where it is in the files."""
+
+    async def group_results(
+        self, batch_id: str, groups: Sequence[tuple[int, int]]
+    ) -> list[StoredResult]:
+        """The stored results of the (commit_no, slice_no) ``groups``, in (commit, slice)
+        order and, within a group, its output lines then its error lines, each by index:
+        the order a group reads in. Nothing once ``finish`` has removed them."""
 
     async def done_indexes(self, batch_id: str, slice_no: int) -> list[int]:
         """The indexes within slice ``slice_no`` that have a stored result, in order:
         the lines a node taking the slice over must not send again."""
 
     async def finish(
-        self, batch_id: str, to: Status, *, files: Sequence[FileRecord], **fields: Any
+        self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
+        expired: Sequence[ExpiredLines] = (), **fields: Any,
     ) -> BatchRecord:
         """Publish result files and move the batch to ``to`` in one transaction, deleting
         the batch's stored results (the files hold them now). With ``fin_token=`` (an
         int from ``claim_finalize``), only while that is still the batch's current
         finalisation token; otherwise Fenced, and nothing changes.
+
+        In the same transaction the results log gets ``expired`` (the batch_expired lines
+        of each slice) as groups of one more commit, and every group of the batch its
+        ``ok_offset`` and ``err_offset``: the sums of the bytes of the groups before it
+        in (slice, commit) order, as the files hold them. The log stays.
 
         ``fin_token`` is declared by each implementation (``int | None = None``), not
         here: the engine passes its fields as a ``dict[str, object]``, which a typed
@@ -290,8 +362,8 @@ class Store(Protocol):
         """Batches marked ``deleting`` whose purge has not finished, oldest first."""
 
     async def delete_batch(self, batch_id: str) -> None:
-        """Remove a ``deleting`` batch, its slices, its stored results and its result
-        files' records."""
+        """Remove a ``deleting`` batch, its slices, its stored results, its results log
+        and its result files' records."""
 
     async def unfinished_batches(self) -> list[BatchRecord]:
         """Every batch the engine still has work for (neither terminal nor being

@@ -4,6 +4,7 @@ row is anything indexable by column name (``sqlite3.Row``, ``asyncpg.Record``)."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -18,14 +19,14 @@ from barge.domain.webhooks import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from barge.store.protocol import Lease, StoredResult
+from barge.store.protocol import Lease, ResultGroup, SliceProgress, StoredResult
 
 _BATCH_COLUMNS = (
     "id, account, endpoint, completion_window, input_file_id, status, created_at, updated_at,"
     " expires_at, metadata, model, total, completed, failed, errors, output_file_id,"
     " error_file_id, in_progress_at, finalizing_at, completed_at, failed_at, expired_at,"
     " cancelling_at, cancelled_at, output_expiry_seconds, hash, input_tokens, output_tokens,"
-    " cached_tokens, reasoning_tokens, created_ms, metadata_json"
+    " cached_tokens, reasoning_tokens, created_ms, metadata_json, result_commits"
 )
 _FILE_COLUMNS = "id, account, filename, purpose, bytes, sha256, created_at, expires_at, lines"
 _SLICE_COLUMNS = (
@@ -33,7 +34,11 @@ _SLICE_COLUMNS = (
     " failed, done"
 )
 _LEASE_COLUMNS = f"{_SLICE_COLUMNS}, lease_token, lease_owner, lease_expires"
-_RESULT_COLUMNS = "slice_no, idx, ok, line"
+_RESULT_COLUMNS = "slice_no, idx, ok, line, commit_no"
+_GROUP_COLUMNS = (
+    "commit_no, slice_no, n_ok, n_err, ok_bytes, err_bytes, part_start, part_end, ok_offset,"
+    " err_offset"
+)
 
 # Unfinished batches: the condition of the partial index ``batches_unfinished`` of both
 # schemas, spelled as there so that the planner uses the index.
@@ -94,6 +99,7 @@ def _batch(row: Any) -> BatchRecord:
                     row["reasoning_tokens"]),
         created_ms=row["created_ms"],
         metadata_json=None if metadata_json is None else bool(metadata_json),
+        result_commits=row["result_commits"],
     )
 
 
@@ -121,7 +127,51 @@ def _lease(row: Any) -> Lease:
 
 def _result(row: Any) -> StoredResult:
     return StoredResult(slice_no=row["slice_no"], index=row["idx"], ok=bool(row["ok"]),
-                        line=bytes(row["line"]))
+                        line=bytes(row["line"]), commit_no=row["commit_no"])
+
+
+def _group(row: Any) -> ResultGroup:
+    return ResultGroup(
+        commit_no=row["commit_no"], slice_no=row["slice_no"], n_ok=row["n_ok"],
+        n_err=row["n_err"], ok_bytes=row["ok_bytes"], err_bytes=row["err_bytes"],
+        part_start=row["part_start"], part_end=row["part_end"], ok_offset=row["ok_offset"],
+        err_offset=row["err_offset"])
+
+
+# One group of the log a call of ``record_progress`` adds per slice, as it adds up:
+# [n_ok, n_err, ok_bytes, err_bytes, part_start, part_end].
+LogGroup = list[int]
+
+
+def _field_groups(progress: Sequence[SliceProgress]) -> dict[int, LogGroup]:
+    """The log groups of the entries of ``progress`` without records (one machine's
+    parts), one per slice: counts and bytes added up, the part range from the first
+    entry's start to the last one's end. Entries that add nothing log nothing."""
+    groups: dict[int, LogGroup] = {}
+    for p in progress:
+        if p.records or not (p.completed or p.failed):
+            continue
+        g = groups.get(p.no)
+        if g is None:
+            groups[p.no] = [p.completed, p.failed, p.ok_bytes, p.err_bytes, p.part_start,
+                            p.committed_bytes]
+        else:
+            g[0] += p.completed
+            g[1] += p.failed
+            g[2] += p.ok_bytes
+            g[3] += p.err_bytes
+            g[5] = p.committed_bytes
+    return groups
+
+
+def _first_records(progress: Sequence[SliceProgress]) -> dict[tuple[int, int], tuple[bool, bytes]]:
+    """The records of ``progress`` by (slice, index); of an index given twice, the first
+    (one statement may not write a row twice, and a stored result never changes)."""
+    records: dict[tuple[int, int], tuple[bool, bytes]] = {}
+    for p in progress:
+        for idx, ok, line in p.records:
+            records.setdefault((p.no, idx), (ok, line))
+    return records
 
 
 # -- webhooks ------------------------------------------------------------------------------

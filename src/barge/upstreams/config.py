@@ -30,6 +30,11 @@ class UpstreamSpec:
     # the name a batch uses to the one this upstream knows.
     model_alias: str | dict[str, str] | None = None
     priority_field: str | None = None  # body field that gets the request's deadline rank
+    # Embeddings: lines alike (the same body but ``input``) go in one call, at most this
+    # many inputs and this many estimated tokens in it (see ``engine.coalesce``).
+    coalesce: bool = True
+    coalesce_max_inputs: int = 64
+    coalesce_max_tokens: int = 8192
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -49,8 +54,10 @@ class UpstreamSpec:
 MAX_CONCURRENCY = 100_000  # as --upstream-concurrency allows
 _KNOWN_KEYS = (
     "name", "url", "models", "api_key_env", "concurrency", "tokens_per_minute",
-    "requests_per_minute", "weight", "model_alias", "priority_field",
+    "requests_per_minute", "weight", "model_alias", "priority_field", "coalesce",
+    "coalesce_max_inputs", "coalesce_max_tokens",
 )
+MAX_COALESCE_INPUTS = 2048  # as OpenAI's embeddings endpoint takes at most
 
 
 def single_upstream(url: str, api_key: str | None, concurrency: int) -> UpstreamSpec:
@@ -165,6 +172,10 @@ def _parse_upstream(path: Path, index: int, table: dict[str, Any]) -> UpstreamSp
     if priority_field is not None and not (isinstance(priority_field, str) and priority_field):
         raise bad("priority_field", f"must be a non-empty string; got {_shown(priority_field)}")
 
+    coalesce = table.get("coalesce", True)
+    if not isinstance(coalesce, bool):
+        raise bad("coalesce", f"must be true or false; got {_shown(coalesce)}")
+
     weight = table.get("weight", 1.0)
     if (isinstance(weight, bool) or not isinstance(weight, int | float)
             or not math.isfinite(weight) or weight <= 0):
@@ -181,6 +192,10 @@ def _parse_upstream(path: Path, index: int, table: dict[str, Any]) -> UpstreamSp
         weight=float(weight),
         model_alias=dict(alias) if isinstance(alias, dict) else alias,
         priority_field=priority_field,
+        coalesce=coalesce,
+        coalesce_max_inputs=_positive(table, "coalesce_max_inputs", bad,
+                                      most=MAX_COALESCE_INPUTS) or 64,
+        coalesce_max_tokens=_positive(table, "coalesce_max_tokens", bad) or 8192,
     )
 
 

@@ -24,13 +24,13 @@ class BatchVerbs(Verbs):
         await self._fetchrow(
             "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
             " status, created_at, updated_at, expires_at, metadata, total,"
-            " output_expiry_seconds, hash, created_ms, metadata_json)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::json,$11,$12,$13,$14,$15)",
+            " output_expiry_seconds, hash, created_ms, metadata_json, result_commits)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::json,$11,$12,$13,$14,$15,$16)",
             b.id, b.account, b.endpoint, b.completion_window, b.input_file_id,
             b.status.value, b.created_at, b.updated_at, b.expires_at,
             orjson.dumps(b.metadata).decode() if b.metadata is not None else None,
             b.total, b.output_expiry_seconds, b.hash, b.created_ms, b.metadata_json,
-            read=False,
+            b.result_commits, read=False,
         )
 
     async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord:
@@ -138,6 +138,8 @@ class BatchVerbs(Verbs):
             "  (SELECT output_file_id FROM b WHERE status = 'deleting'"
             "   UNION ALL SELECT error_file_id FROM b WHERE status = 'deleting')),"
             " dropped_results AS (DELETE FROM results WHERE batch_id IN"
+            "  (SELECT id FROM b WHERE status = 'deleting')),"
+            " dropped_log AS (DELETE FROM result_log WHERE batch_id IN"
             "  (SELECT id FROM b WHERE status = 'deleting')),"
             " dropped_batch AS (DELETE FROM batches WHERE id IN"
             "  (SELECT id FROM b WHERE status = 'deleting'))"

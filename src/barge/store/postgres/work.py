@@ -14,11 +14,15 @@ from barge.exceptions import Fenced
 from barge.store.postgres.base import Verbs
 from barge.store.postgres.moves import _Move
 from barge.store.postgres.rows import _NOW, _S_LEASE_COLUMNS
-from barge.store.protocol import Lease, SliceProgress, StoredResult
+from barge.store.protocol import ExpiredLines, Lease, ResultGroup, SliceProgress, StoredResult
 from barge.store.rows import (
     _FILE_COLUMNS,
+    _GROUP_COLUMNS,
     _RESULT_COLUMNS,
     _SLICE_COLUMNS,
+    _field_groups,
+    _first_records,
+    _group,
     _lease,
     _result,
     _slice,
@@ -29,13 +33,27 @@ from barge.store.rows import (
 # drained after a cancel.
 _SENDING = ["processing", "cancel", "cancelling"]
 
-# The result records of a flush, inserted in its statement from four arrays; a record
-# for an index already stored replaces it.
+# The result records of a flush (``r``), inserted in its statement from four arrays
+# under the commit number ``b`` returned, a record for an index already stored left out;
+# and its groups of the results log (``l``): those of the records stored, added to those
+# of the entries without records (seven arrays: slice, counts, bytes, part range). A
+# batch from before the log (``result_commits`` NULL) logs nothing.
 _STORE_RESULTS = (
-    "INSERT INTO results (batch_id, slice_no, idx, ok, line)"
-    " SELECT $1, * FROM unnest(${0}::bigint[], ${1}::bigint[], ${2}::bool[], ${3}::bytea[])"
-    " WHERE {4} ON CONFLICT (batch_id, slice_no, idx)"
-    " DO UPDATE SET ok = excluded.ok, line = excluded.line"
+    " r AS (INSERT INTO results (batch_id, slice_no, idx, ok, line, commit_no)"
+    " SELECT $1, u.*, COALESCE((SELECT result_commits FROM b), 0)"
+    " FROM unnest(${0}::bigint[], ${1}::bigint[], ${2}::bool[], ${3}::bytea[]) AS u"
+    " WHERE EXISTS (SELECT 1 FROM b) ON CONFLICT (batch_id, slice_no, idx) DO NOTHING"
+    " RETURNING slice_no, ok, octet_length(line) AS size),"
+    " l AS (INSERT INTO result_log (batch_id, commit_no, slice_no, n_ok, n_err, ok_bytes,"
+    " err_bytes, part_start, part_end)"
+    " SELECT $1, (SELECT result_commits FROM b), g.no, sum(g.n_ok), sum(g.n_err),"
+    " sum(g.ok_bytes), sum(g.err_bytes), min(g.part_start), max(g.part_end) FROM"
+    " (SELECT slice_no, ok::int, (NOT ok)::int, CASE WHEN ok THEN size + 1 ELSE 0 END,"
+    "  CASE WHEN ok THEN 0 ELSE size + 1 END, 0::bigint, 0::bigint FROM r"
+    "  UNION ALL SELECT * FROM unnest(${4}::bigint[], ${5}::bigint[], ${6}::bigint[],"
+    "  ${7}::bigint[], ${8}::bigint[], ${9}::bigint[], ${10}::bigint[]))"
+    " AS g (no, n_ok, n_err, ok_bytes, err_bytes, part_start, part_end)"
+    " WHERE (SELECT result_commits FROM b) IS NOT NULL GROUP BY g.no)"
 )
 
 
@@ -51,12 +69,14 @@ def _lease_arrays(leases: Sequence[Lease]) -> list[list[Any]]:
 
 
 def _record_arrays(progress: Sequence[SliceProgress]) -> list[list[Any]]:
-    """The records of ``progress`` as (slice numbers, indexes, oks, lines), for
-    ``unnest``; of an index given twice, the last (one statement may not write a row
-    twice)."""
-    records = {(p.no, idx): (ok, line) for p in progress for idx, ok, line in p.records}
+    """The records of ``progress`` as (slice numbers, indexes, oks, lines), then the log
+    groups of its entries without records as seven arrays, for ``unnest``
+    (``_STORE_RESULTS``)."""
+    records = _first_records(progress)
+    groups = _field_groups(progress)
     return [[no for no, _ in records], [idx for _, idx in records],
-            [ok for ok, _ in records.values()], [line for _, line in records.values()]]
+            [ok for ok, _ in records.values()], [line for _, line in records.values()],
+            list(groups), *([g[i] for g in groups.values()] for i in range(6))]
 
 
 def _file_arrays(files: Sequence[FileRecord]) -> list[list[Any]]:
@@ -107,9 +127,9 @@ class WorkVerbs(Verbs):
             " input_tokens = LEAST(input_tokens + $9, $13),"
             " output_tokens = LEAST(output_tokens + $10, $13),"
             " cached_tokens = LEAST(cached_tokens + $11, $13),"
-            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13) WHERE id = $1"
-            " RETURNING id),"
-            f" r AS ({_STORE_RESULTS.format(14, 15, 16, 17, 'EXISTS (SELECT 1 FROM b)')})"
+            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13),"
+            " result_commits = result_commits + 1 WHERE id = $1 RETURNING result_commits),"
+            f"{_STORE_RESULTS.format(*range(14, 25))}"
             " SELECT 1",
             batch_id, list(merged), [m[0] for m in merged.values()],
             [m[1] for m in merged.values()], [m[2] for m in merged.values()],
@@ -155,9 +175,10 @@ class WorkVerbs(Verbs):
             " input_tokens = LEAST(input_tokens + $9, $13),"
             " output_tokens = LEAST(output_tokens + $10, $13),"
             " cached_tokens = LEAST(cached_tokens + $11, $13),"
-            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13)"
-            " WHERE id = $1 AND (SELECT ok FROM ok)),"
-            f" r AS ({_STORE_RESULTS.format(17, 18, 19, 20, '(SELECT ok FROM ok)')})"
+            " reasoning_tokens = LEAST(reasoning_tokens + $12, $13),"
+            " result_commits = result_commits + 1"
+            " WHERE id = $1 AND (SELECT ok FROM ok) RETURNING result_commits),"
+            f"{_STORE_RESULTS.format(*range(17, 28))}"
             " SELECT ok FROM ok",
             batch_id, list(merged), [m[0] for m in merged.values()],
             [m[1] for m in merged.values()], [m[2] for m in merged.values()],
@@ -172,19 +193,45 @@ class WorkVerbs(Verbs):
                          " finalised); nothing was recorded.", param="token")
 
     async def slice_results(
-        self, batch_id: str, *, after: tuple[int, int] | None = None, limit: int = 1000
+        self, batch_id: str, *, after: tuple[int, int, int] | None = None, limit: int = 1000
     ) -> list[StoredResult]:
         if limit <= 0:
             return []
         if after is None:
             rows = await self._fetch(
                 f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id = $1"
-                " ORDER BY slice_no, idx LIMIT $2", batch_id, limit)
+                " ORDER BY slice_no, commit_no, idx LIMIT $2", batch_id, limit)
         else:
             rows = await self._fetch(
                 f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id = $1"
-                " AND (slice_no, idx) > ($2, $3) ORDER BY slice_no, idx LIMIT $4",
-                batch_id, after[0], after[1], limit)
+                " AND (slice_no, commit_no, idx) > ($2, $3, $4)"
+                " ORDER BY slice_no, commit_no, idx LIMIT $5",
+                batch_id, *after, limit)
+        return [_result(r) for r in rows]
+
+    async def result_groups(
+        self, batch_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 1000
+    ) -> list[ResultGroup]:
+        if limit <= 0:
+            return []
+        rows = await self._fetch(
+            f"SELECT {_GROUP_COLUMNS} FROM result_log WHERE batch_id = $1"
+            " AND (commit_no, slice_no) >= ($2, $3) ORDER BY commit_no, slice_no LIMIT $4",
+            batch_id, *after, limit)
+        return [_group(r) for r in rows]
+
+    async def group_results(
+        self, batch_id: str, groups: Sequence[tuple[int, int]]
+    ) -> list[StoredResult]:
+        if not groups:
+            return []
+        rows = await self._fetch(
+            f"SELECT {', '.join('r.' + c for c in _RESULT_COLUMNS.split(', '))}"
+            " FROM unnest($2::bigint[], $3::bigint[]) AS g (commit_no, slice_no)"
+            " JOIN results AS r ON r.batch_id = $1 AND r.slice_no = g.slice_no"
+            " AND r.commit_no = g.commit_no"
+            " ORDER BY r.commit_no, r.slice_no, r.ok DESC, r.idx",
+            batch_id, [c for c, _ in groups], [s for _, s in groups])
         return [_result(r) for r in rows]
 
     async def done_indexes(self, batch_id: str, slice_no: int) -> list[int]:
@@ -195,29 +242,59 @@ class WorkVerbs(Verbs):
 
     async def finish(
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
-        fin_token: int | None = None, **fields: Any,
+        expired: Sequence[ExpiredLines] = (), fin_token: int | None = None, **fields: Any,
     ) -> BatchRecord:
         move = _Move([to], None, fields, fin_token=fin_token)
-        # The batch's results go with the move: its files hold them now.
-        cleared = ("cleared AS (DELETE FROM results WHERE batch_id = $1"
-                   " AND EXISTS (SELECT 1 FROM moved))")
-        if not files:
-            return await self._transition(batch_id, move, cleared)
         n = len(move.args)
-        casts = ("text", "text", "text", "text", "bigint", "text", "bigint", "bigint", "bigint")
-        arrays = ", ".join(f"${n + i + 1}::{t}[]" for i, t in enumerate(casts))
-        # A file of that id is replaced, and moves to the end of its list (SQLite's
-        # INSERT OR REPLACE gives the new row a new seq too).
-        return await self._transition(
-            batch_id, move, cleared,
-            f"published AS (INSERT INTO files ({_FILE_COLUMNS}) SELECT * FROM unnest({arrays})"
-            " WHERE EXISTS (SELECT 1 FROM moved) ON CONFLICT (id) DO UPDATE SET"
-            " seq = DEFAULT, account = excluded.account, filename = excluded.filename,"
-            " purpose = excluded.purpose, bytes = excluded.bytes, sha256 = excluded.sha256,"
-            " created_at = excluded.created_at, expires_at = excluded.expires_at,"
-            " lines = excluded.lines)",
-            extra_args=_file_arrays(files),
-        )
+        # The batch's results go with the move: its files hold them now. Its log gets
+        # the batch_expired lines as the groups of one more commit, and every group its
+        # place in the files: the bytes of the groups before it in (slice, commit) order.
+        # (One statement: the update sees the log as it was, so the new groups are
+        # placed in ``placed`` together with the old ones.)
+        ctes = [
+            "cleared AS (DELETE FROM results WHERE batch_id = $1"
+            " AND EXISTS (SELECT 1 FROM moved))",
+            "next_commit AS (SELECT result_commits + 1 AS no FROM batches WHERE id = $1"
+            " AND result_commits IS NOT NULL)",
+            f"expired AS (SELECT e.*, c.no AS commit_no FROM unnest(${n + 1}::bigint[],"
+            f" ${n + 2}::bigint[], ${n + 3}::bigint[]) AS e (slice_no, n_err, err_bytes),"
+            " next_commit AS c WHERE e.n_err > 0)",
+            "placed AS (SELECT commit_no, slice_no,"
+            " (sum(ok_bytes) OVER w - ok_bytes)::bigint AS ok_offset,"
+            " (sum(err_bytes) OVER w - err_bytes)::bigint AS err_offset"
+            " FROM (SELECT commit_no, slice_no, ok_bytes, err_bytes FROM result_log"
+            "  WHERE batch_id = $1 UNION ALL"
+            "  SELECT commit_no, slice_no, 0, err_bytes FROM expired) AS g"
+            " WINDOW w AS (ORDER BY slice_no, commit_no))",
+            "placed_old AS (UPDATE result_log AS l SET ok_offset = p.ok_offset,"
+            " err_offset = p.err_offset FROM placed AS p WHERE l.batch_id = $1"
+            " AND l.commit_no = p.commit_no AND l.slice_no = p.slice_no"
+            " AND EXISTS (SELECT 1 FROM moved))",
+            "placed_new AS (INSERT INTO result_log (batch_id, commit_no, slice_no, n_ok,"
+            " n_err, ok_bytes, err_bytes, part_start, part_end, ok_offset, err_offset)"
+            " SELECT $1, e.commit_no, e.slice_no, 0, e.n_err, 0, e.err_bytes, 0, 0,"
+            " p.ok_offset, p.err_offset FROM expired AS e JOIN placed AS p"
+            " ON p.commit_no = e.commit_no AND p.slice_no = e.slice_no"
+            " WHERE EXISTS (SELECT 1 FROM moved))",
+        ]
+        args: list[Any] = [[e[0] for e in expired], [e[1] for e in expired],
+                           [e[2] for e in expired]]
+        if files:
+            casts = ("text", "text", "text", "text", "bigint", "text", "bigint", "bigint",
+                     "bigint")
+            arrays = ", ".join(f"${n + 4 + i}::{t}[]" for i, t in enumerate(casts))
+            # A file of that id is replaced, and moves to the end of its list (SQLite's
+            # INSERT OR REPLACE gives the new row a new seq too).
+            ctes.append(
+                f"published AS (INSERT INTO files ({_FILE_COLUMNS}) SELECT * FROM"
+                f" unnest({arrays}) WHERE EXISTS (SELECT 1 FROM moved) ON CONFLICT (id)"
+                " DO UPDATE SET seq = DEFAULT, account = excluded.account,"
+                " filename = excluded.filename, purpose = excluded.purpose,"
+                " bytes = excluded.bytes, sha256 = excluded.sha256,"
+                " created_at = excluded.created_at, expires_at = excluded.expires_at,"
+                " lines = excluded.lines)")
+            args += _file_arrays(files)
+        return await self._transition(batch_id, move, *ctes, extra_args=args)
 
     # -- leases ---------------------------------------------------------------
 

@@ -24,13 +24,14 @@ class BatchVerbs(Verbs):
             db.execute(
                 "INSERT INTO batches (id, account, endpoint, completion_window, input_file_id,"
                 " status, created_at, updated_at, expires_at, metadata, total,"
-                " output_expiry_seconds, hash, created_ms, metadata_json)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " output_expiry_seconds, hash, created_ms, metadata_json, result_commits)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (b.id, b.account, b.endpoint, b.completion_window, b.input_file_id,
                  b.status.value, b.created_at, b.updated_at, b.expires_at,
                  orjson.dumps(b.metadata).decode() if b.metadata is not None else None,
                  b.total, b.output_expiry_seconds, b.hash, b.created_ms,
-                 None if b.metadata_json is None else int(b.metadata_json)),
+                 None if b.metadata_json is None else int(b.metadata_json),
+                 b.result_commits),
             )
 
         await self._run(q)
@@ -155,6 +156,7 @@ class BatchVerbs(Verbs):
                 if file_id is not None:
                     db.execute("DELETE FROM files WHERE id=?", (file_id,))
             db.execute("DELETE FROM results WHERE batch_id=?", (batch_id,))
+            db.execute("DELETE FROM result_log WHERE batch_id=?", (batch_id,))
             db.execute("DELETE FROM batches WHERE id=?", (batch_id,))
 
         await self._run(q)

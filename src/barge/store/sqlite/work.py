@@ -13,12 +13,17 @@ from barge.domain.models import BatchRecord, FileRecord, Slice
 from barge.domain.status import Status
 from barge.domain.usage import MAX_TOKENS, NO_USAGE
 from barge.exceptions import Fenced
-from barge.store.protocol import Lease, SliceProgress, StoredResult
+from barge.store.protocol import ExpiredLines, Lease, ResultGroup, SliceProgress, StoredResult
 from barge.store.rows import (
     _FILE_COLUMNS,
+    _GROUP_COLUMNS,
     _LEASE_COLUMNS,
     _RESULT_COLUMNS,
     _SLICE_COLUMNS,
+    LogGroup,
+    _field_groups,
+    _first_records,
+    _group,
     _lease,
     _result,
     _slice,
@@ -38,6 +43,8 @@ def _next_tokens(db: sqlite3.Connection, n: int) -> range:
     last = int(db.execute("SELECT last FROM lease_tokens").fetchone()[0])
     return range(last - n + 1, last + 1)
 
+
+_ROWS_PER_INSERT = 500  # result records per INSERT (6 parameters each)
 
 # Statuses in which fenced progress is accepted: the batch's requests are being sent, or
 # drained after a cancel.
@@ -71,6 +78,48 @@ def _check_fence(db: sqlite3.Connection, batch_id: str,
     if stale:
         raise Fenced(f"Batch {batch_id}: the lease on slice {stale[0]} is no longer held"
                      " under its token; nothing was recorded.", param="token")
+
+
+def _store_records(db: sqlite3.Connection, batch_id: str, commit_no: int,
+                   progress: Sequence[SliceProgress], groups: dict[int, LogGroup]) -> None:
+    """Store the records of ``progress`` under ``commit_no``, an index already stored
+    left out, and add those stored to their slice's log group."""
+    rows = [(batch_id, no, idx, int(ok), line, commit_no)
+            for (no, idx), (ok, line) in _first_records(progress).items()]
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start:start + _ROWS_PER_INSERT]
+        stored = db.execute(
+            "INSERT INTO results (batch_id, slice_no, idx, ok, line, commit_no) VALUES "
+            + ",".join(["(?,?,?,?,?,?)"] * len(chunk))
+            + " ON CONFLICT DO NOTHING RETURNING slice_no, ok, length(line)",
+            [v for row in chunk for v in row],
+        ).fetchall()
+        for no, ok, size in stored:
+            g = groups.setdefault(no, [0, 0, 0, 0, 0, 0])
+            g[0 if ok else 1] += 1
+            g[2 if ok else 3] += size + 1
+
+
+def _place_groups(db: sqlite3.Connection, b: BatchRecord,
+                  expired: Sequence[ExpiredLines]) -> None:
+    """Inside ``finish``: log the batch_expired lines as one more commit's groups, and
+    set where every group of the batch starts in the published files."""
+    if b.result_commits is None:
+        return  # a batch from before the log: none of its results were logged
+    db.executemany(
+        "INSERT INTO result_log (batch_id, commit_no, slice_no, n_ok, n_err, ok_bytes,"
+        " err_bytes, part_start, part_end) VALUES (?,?,?,0,?,0,?,0,0)",
+        [(b.id, b.result_commits + 1, no, n, size) for no, n, size in expired if n],
+    )
+    db.execute(
+        "UPDATE result_log SET ok_offset = p.ok_offset, err_offset = p.err_offset FROM"
+        " (SELECT commit_no, slice_no, sum(ok_bytes) OVER w - ok_bytes AS ok_offset,"
+        "  sum(err_bytes) OVER w - err_bytes AS err_offset FROM result_log"
+        "  WHERE batch_id = ? WINDOW w AS (ORDER BY slice_no, commit_no)) AS p"
+        " WHERE result_log.batch_id = ? AND result_log.commit_no = p.commit_no"
+        " AND result_log.slice_no = p.slice_no",
+        (b.id, b.id),
+    )
 
 
 class WorkVerbs(Verbs):
@@ -107,23 +156,30 @@ class WorkVerbs(Verbs):
                 "UPDATE batches SET completed=completed+?, failed=failed+?, updated_at=?,"
                 " input_tokens=MIN(input_tokens+?, ?), output_tokens=MIN(output_tokens+?, ?),"
                 " cached_tokens=MIN(cached_tokens+?, ?),"
-                " reasoning_tokens=MIN(reasoning_tokens+?, ?) WHERE id=?",
+                " reasoning_tokens=MIN(reasoning_tokens+?, ?),"
+                " result_commits=result_commits+1 WHERE id=? RETURNING result_commits",
                 (sum(p.completed for p in progress), sum(p.failed for p in progress),
                  time.time(), add[0], MAX_TOKENS, add[1], MAX_TOKENS, add[2], MAX_TOKENS,
                  add[3], MAX_TOKENS, batch_id),
-            ).rowcount
-            if counted:  # the batch exists: its results are kept with its counts
+            ).fetchone()
+            if counted is None:  # no such batch: nothing is kept
+                return
+            # Its results are kept with its counts, and logged as this commit's groups.
+            commit_no: int | None = counted[0]
+            groups = _field_groups(progress)
+            if any(p.records for p in progress):
+                _store_records(db, batch_id, commit_no or 0, progress, groups)
+            if commit_no is not None and groups:
                 db.executemany(
-                    "INSERT OR REPLACE INTO results (batch_id, slice_no, idx, ok, line)"
-                    " VALUES (?,?,?,?,?)",
-                    [(batch_id, p.no, idx, int(ok), line)
-                     for p in progress for idx, ok, line in p.records],
+                    "INSERT INTO result_log (batch_id, commit_no, slice_no, n_ok, n_err,"
+                    " ok_bytes, err_bytes, part_start, part_end) VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(batch_id, commit_no, no, *g) for no, g in groups.items()],
                 )
 
         await self._run(q)
 
     async def slice_results(
-        self, batch_id: str, *, after: tuple[int, int] | None = None, limit: int = 1000
+        self, batch_id: str, *, after: tuple[int, int, int] | None = None, limit: int = 1000
     ) -> list[StoredResult]:
         if limit <= 0:
             return []
@@ -132,13 +188,43 @@ class WorkVerbs(Verbs):
             if after is None:
                 rows = db.execute(
                     f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id=?"
-                    " ORDER BY slice_no, idx LIMIT ?", (batch_id, limit))
+                    " ORDER BY slice_no, commit_no, idx LIMIT ?", (batch_id, limit))
             else:
                 rows = db.execute(
                     f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id=?"
-                    " AND (slice_no, idx) > (?, ?) ORDER BY slice_no, idx LIMIT ?",
+                    " AND (slice_no, commit_no, idx) > (?, ?, ?)"
+                    " ORDER BY slice_no, commit_no, idx LIMIT ?",
                     (batch_id, *after, limit))
             return [_result(r) for r in rows.fetchall()]
+
+        return await self._read(q)
+
+    async def result_groups(
+        self, batch_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 1000
+    ) -> list[ResultGroup]:
+        if limit <= 0:
+            return []
+
+        def q(db: sqlite3.Connection) -> list[ResultGroup]:
+            rows = db.execute(
+                f"SELECT {_GROUP_COLUMNS} FROM result_log WHERE batch_id=?"
+                " AND (commit_no, slice_no) >= (?, ?) ORDER BY commit_no, slice_no LIMIT ?",
+                (batch_id, *after, limit)).fetchall()
+            return [_group(r) for r in rows]
+
+        return await self._read(q)
+
+    async def group_results(
+        self, batch_id: str, groups: Sequence[tuple[int, int]]
+    ) -> list[StoredResult]:
+        def q(db: sqlite3.Connection) -> list[StoredResult]:
+            found: list[StoredResult] = []
+            for commit_no, slice_no in sorted(set(groups)):
+                rows = db.execute(
+                    f"SELECT {_RESULT_COLUMNS} FROM results WHERE batch_id=? AND slice_no=?"
+                    " AND commit_no=? ORDER BY ok DESC, idx", (batch_id, slice_no, commit_no))
+                found += [_result(r) for r in rows.fetchall()]
+            return found
 
         return await self._read(q)
 
@@ -152,7 +238,7 @@ class WorkVerbs(Verbs):
 
     async def finish(
         self, batch_id: str, to: Status, *, files: Sequence[FileRecord],
-        fin_token: int | None = None, **fields: Any,
+        expired: Sequence[ExpiredLines] = (), fin_token: int | None = None, **fields: Any,
     ) -> BatchRecord:
         def q(db: sqlite3.Connection) -> BatchRecord:
             if fin_token is not None:
@@ -169,6 +255,7 @@ class WorkVerbs(Verbs):
                 )
             b = self._transition(db, batch_id, to, None, fields)
             db.execute("DELETE FROM results WHERE batch_id=?", (batch_id,))
+            _place_groups(db, b, expired)
             return b
 
         return await self._run(q)
