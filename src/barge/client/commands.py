@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,6 +25,18 @@ def batches() -> None:
     read their results as they come."""
 
 
+def _print_page(page: dict[str, Any], show: Callable[[Iterable[dict[str, Any]]], None],
+                as_json: bool) -> None:
+    """A list page: the API's JSON, or its rows shown and where the next page starts."""
+    if as_json:
+        render.print_json(page)
+        return
+    items = page.get("data") or []
+    show(items)
+    if page.get("has_more") and items:
+        click.echo(f"more: --after {items[-1]['id']}", err=True)
+
+
 @batches.command("list")
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True,
               help="Most batches to list (newest first).")
@@ -32,13 +46,7 @@ def batches() -> None:
 def batches_list(client: Client, limit: int, after: str | None, as_json: bool) -> None:
     """List batches, newest first."""
     page = client.list_batches(limit=limit, after=after)
-    if as_json:
-        render.print_json(page)
-        return
-    items = page.get("data") or []
-    render.show_batches(items)
-    if page.get("has_more") and items:
-        click.echo(f"more: --after {items[-1]['id']}", err=True)
+    _print_page(page, render.show_batches, as_json)
 
 
 @batches.command("get")
@@ -170,13 +178,7 @@ def files_list(client: Client, purpose: str | None, limit: int | None, after: st
                as_json: bool) -> None:
     """List files, newest first."""
     page = client.list_files(purpose=purpose, limit=limit, after=after)
-    if as_json:
-        render.print_json(page)
-        return
-    items = page.get("data") or []
-    render.show_files(items)
-    if page.get("has_more") and items:
-        click.echo(f"more: --after {items[-1]['id']}", err=True)
+    _print_page(page, render.show_files, as_json)
 
 
 @files.command("get")

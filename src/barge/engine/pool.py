@@ -495,17 +495,24 @@ class WorkerPool:
                         job.tracker.writer.append(job.index, result.ok, result.line,
                                                   result.usage)
             except asyncio.CancelledError:
-                if not me.aborted or self._closing:
+                if not self._cut_off(me):
                     raise  # the pool closes
-                me.aborted = False  # only this request was cut off: serve the next
-                if me.task is not None:
-                    me.task.uncancel()
             except Exception:
                 log.exception("worker failed on a request; it will be sent again on resume")
             finally:
                 job.tracker.finish_one()
                 if limit is not None:
                     self._finished(limit, cost, sent, usage)
+
+    def _cut_off(self, me: _Worker) -> bool:
+        """After a CancelledError in worker ``me``: True when only its request(s) were
+        cut off (abort), so it serves the next; False when the pool closes."""
+        if not me.aborted or self._closing:
+            return False
+        me.aborted = False
+        if me.task is not None:
+            me.task.uncancel()
+        return True
 
     async def _send_group(self, me: _Worker, lane: Lane, group: list[Job],
                           limit: _Limit | None) -> None:
@@ -527,11 +534,8 @@ class WorkerPool:
                         j.tracker.writer.append(j.index, result.ok, result.line,
                                                 result.usage)
         except asyncio.CancelledError:
-            if not me.aborted or self._closing:
+            if not self._cut_off(me):
                 raise  # the pool closes
-            me.aborted = False  # only these requests were cut off: serve the next
-            if me.task is not None:
-                me.task.uncancel()
         except Exception:
             log.exception("worker failed on requests; they will be sent again on resume")
         finally:
