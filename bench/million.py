@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import secrets
 import tempfile
 import threading
@@ -73,10 +74,23 @@ async def _direct(base: str, path: Path, concurrency: int) -> tuple[float, int]:
     return elapsed, ok
 
 
-def direct_seconds(base: str, path: Path, n: int, concurrency: int) -> float:
+def direct_seconds(base: str, path: Path, n: int, concurrency: int) -> tuple[float, float]:
+    """(seconds, CPU seconds of this process) for the direct client."""
+    before = _own_cpu()
     elapsed, ok = asyncio.run(_direct(base, path, concurrency))
     assert ok == n, f"direct client: {ok}/{n} ok"
-    return elapsed
+    return elapsed, _own_cpu() - before
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _kib(pid: int, field: str) -> int:
@@ -133,12 +147,14 @@ def run_batch(proc: BargeProcess, path: Path, n: int) -> dict[str, float]:
     upload = time.perf_counter() - t0
     after_upload = _kib(pid, "VmHWM")
     t1 = time.perf_counter()
+    cpu = _cpu_seconds(pid)
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                               completion_window="24h")
     while b.status not in FINAL:
         time.sleep(0.1)
         b = client.batches.retrieve(b.id)
     run = time.perf_counter() - t1
+    cpu = _cpu_seconds(pid) - cpu
     peak = _kib(pid, "VmHWM")
     assert b.status == "completed", b
     assert b.request_counts is not None and b.request_counts.completed == n, b
@@ -155,6 +171,7 @@ def run_batch(proc: BargeProcess, path: Path, n: int) -> dict[str, float]:
         "peak_after_download": _kib(pid, "VmHWM") / 1024,
         "upload": upload, "validation": validated, "until_started": queued,
         "processing": duration - queued - writing, "writing": writing, "run": run,
+        "cpu_us": cpu / n * 1e6,
     }
 
 
@@ -204,9 +221,9 @@ def main() -> None:
         print(f"input: {n:,} lines, {size / 1e6:,.0f} MB, written in "
               f"{time.perf_counter() - t:.1f}s", flush=True)
         for backend in args.backends.split(","):
-            direct = None
+            direct = direct_cpu = None
             if not args.no_direct:
-                direct = direct_seconds(base, path, n, args.concurrency)
+                direct, direct_cpu = direct_seconds(base, path, n, args.concurrency)
                 print(f"direct client: {n / direct:,.0f} req/s", flush=True)
             figures = _backend(backend, root, base, path, n, size, args.concurrency)
             print(backend, {k: round(v, 2) for k, v in figures.items()}, flush=True)
@@ -216,6 +233,8 @@ def main() -> None:
                 f"{n:,}", f"{size / 1e6:,.0f}",
                 "—" if direct is None else f"{n / direct:,.0f}",
                 f"{n / figures['run']:,.0f}", ratio,
+                "—" if direct_cpu is None else f"{direct_cpu / n * 1e6:.0f}",
+                f"{figures['cpu_us']:.0f}",
                 f"{figures['upload']:.1f}", f"{figures['validation']:.1f}",
                 f"{figures['processing']:.1f}", f"{figures['writing']:.1f}",
                 f"{figures['idle']:.0f}", f"**{figures['peak']:.0f}**",
@@ -223,7 +242,8 @@ def main() -> None:
     append_results(
         "Million-line batches: throughput, phases, peak RSS",
         ["store", "requests", "input MB", "direct aiohttp req/s",
-         "Barge req/s, create→completed", "ratio Barge/direct", "upload (s)",
+         "Barge req/s, create→completed", "ratio Barge/direct",
+         "direct client CPU µs/request", "Barge CPU µs/request", "upload (s)",
          "validation (s)", "processing (s)", "writing results (s)", "RSS idle (MiB)",
          "peak RSS (MiB)"],
         rows,
@@ -235,7 +255,9 @@ def main() -> None:
         "batch.validated seconds; processing = batch.finished duration less the time to "
         "batch.started and the writing; writing results = batch.finished writing_seconds. "
         "Peak = VmHWM of the server process (API and engine in one process) up to "
-        "completed. PostgreSQL is the local server; S3 is moto_server on loopback. "
+        "completed. CPU per request: user + system time of the direct client's process, "
+        "and of the server process (all its threads) from create to completed. "
+        "PostgreSQL is the local server; S3 is moto_server on loopback. "
         "Upstream, client, Barge (and PostgreSQL, moto) share the machine's cores.",
     )
 

@@ -5,6 +5,7 @@ down. Runs in a thread of the test process; ``url`` goes in ``AWS_ENDPOINT_URL``
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,8 @@ class S3FaultProxy:
         self.fail_until = 0.0  # monotonic: answer 503 until then
         self.delay = 0.0  # seconds added to every request
         self.stats: Counter[str] = Counter()
+        self.parts_in_flight = 0  # multipart uploads' parts being sent now
+        self.most_parts_in_flight = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="s3-proxy")
@@ -67,18 +70,31 @@ class S3FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.stats["requests"] += 1
+        if request.method != "PUT" or "partNumber" not in request.query:
+            return await self._answer(request)
+        self.parts_in_flight += 1
+        self.most_parts_in_flight = max(self.most_parts_in_flight, self.parts_in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.parts_in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         if self.delay:
             await asyncio.sleep(self.delay)
         if time.monotonic() < self.fail_until:
             self.stats["503"] += 1
             await request.read()
             return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+        return await self._forward(request)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self._session.request(
             request.method, self.target + request.rel_url.raw_path_qs, headers=headers,
-            data=body, allow_redirects=False,
+            data=io.BytesIO(body) if len(body) > 1 << 20 else body, allow_redirects=False,
         ) as upstream:
             data = await upstream.read()
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}

@@ -144,7 +144,8 @@ def make_blobs(settings: Settings) -> Blobs:
         from barge.blobs.s3 import S3Blobs
 
         return S3Blobs.from_url(settings.blob_url, tmp=settings.tmp_dir,
-                                cache=settings.data_dir / "cache")
+                                cache=settings.data_dir / "cache",
+                                max_concurrency=settings.blob_part_concurrency)
     return LocalBlobs(settings.files_dir, settings.tmp_dir)
 
 

@@ -202,6 +202,11 @@ def shared_options(f: F) -> F:
                      help="Keep file bytes in this S3 bucket (s3://bucket/prefix; endpoint "
                           "and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
                           "AWS_SECRET_ACCESS_KEY, AWS_REGION); needs --database-url."),
+        click.option("--blob-part-concurrency", type=click.IntRange(1, 64),
+                     default=d.blob_part_concurrency, show_default=True,
+                     envvar="BARGE_BLOB_PART_CONCURRENCY", show_envvar=True,
+                     help="Parts of one S3 upload in flight at once; each "
+                          "holds about 10 MiB of memory while it goes."),
         click.option("--lease-seconds", type=click.FloatRange(0.0, min_open=True),
                      default=d.lease_seconds, show_default=True,
                      envvar="BARGE_LEASE_SECONDS", show_envvar=True,
@@ -280,6 +285,7 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         database_url=options["database_url"] or None,
         database_schema=options["database_schema"] or None,
         blob_url=options["blob_url"] or None,
+        blob_part_concurrency=options["blob_part_concurrency"],
         lease_seconds=options["lease_seconds"],
         slice_lines=options["slice_lines"],
         node_name=options["node_name"] or None,
@@ -368,10 +374,10 @@ def main() -> None:
               help="A key with every permission (never stored).")
 def serve(admin_key: str | None, **options: Any) -> None:
     """Run the API server and the batch engine."""
-    from barge.memory import limit_arenas
+    from barge.memory import tune_allocator
     from barge.runserver import run
 
-    limit_arenas()
+    tune_allocator()
     _setup_logging(options["log_level"], options["log_format"])
     settings = settings_from(options, admin_key)
     sock = _checked_start(settings, first_key=admin_key is None)
@@ -384,11 +390,11 @@ def serve(admin_key: str | None, **options: Any) -> None:
 def worker(**options: Any) -> None:
     """Run the batch engine only, on the shared database and blob store; GET /healthz
     answers on --host/--port."""
-    from barge.memory import limit_arenas
+    from barge.memory import tune_allocator
     from barge.runserver import run
     from barge.worker import create_worker_app
 
-    limit_arenas()
+    tune_allocator()
     _setup_logging(options["log_level"], options["log_format"])
     settings = settings_from(options, None)
     if not settings.shared:

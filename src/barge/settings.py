@@ -70,6 +70,8 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)  # postgresql://…
     database_schema: str | None = None  # a PostgreSQL schema for Barge's tables
     blob_url: str | None = None  # s3://bucket/prefix; endpoint and keys from AWS_*
+    # S3 multipart parts in flight per transfer; each holds ~2 x its 5 MiB in memory.
+    blob_part_concurrency: int = 1
     lease_seconds: float = 30.0  # how long a node's claim on work lasts unrenewed
     node_name: str | None = None  # None: hostname-pid-<4 random hex>, made by the App
     # Webhooks (``engine/webhooks.py``): where endpoints may be, and how events are sent.

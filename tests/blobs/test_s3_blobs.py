@@ -16,10 +16,13 @@ import pytest
 from barge_process import free_port
 from moto_s3 import PART_SIZE, MotoS3
 from obstore.store import S3Store
+from s3_proxy import S3FaultProxy
 
+from barge.app import make_blobs
 from barge.blobs import s3 as s3_module
 from barge.blobs.s3 import S3Blobs
 from barge.exceptions import BargeError, BlobsUnavailable, NotFound
+from barge.settings import Settings
 
 BIG = 1 << 30
 
@@ -246,6 +249,36 @@ class TestMultipart:
         assert etag(moto_s3, prefix, "file-out").endswith("-3")
         assert not source.exists()
         assert await collect(blobs, "file-out") == data
+
+    @pytest.mark.asyncio
+    async def test_parts_in_flight_follow_the_setting(
+        self, moto_s3: MotoS3, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A node's uploads send one part at a time unless --blob-part-concurrency says
+        more (each part in flight holds ~10 MiB): counted at a proxy that slows parts."""
+        proxy = S3FaultProxy(moto_s3.url).start()
+        try:
+            proxy.delay = 0.2
+            for name, value in moto_s3.env(AWS_ENDPOINT_URL=proxy.url).items():
+                monkeypatch.setenv(name, value)
+            source = tmp_path / "out.jsonl"
+            most = []
+            for concurrency in (None, 3):
+                extra = {} if concurrency is None else {"blob_part_concurrency": concurrency}
+                settings = Settings(data_dir=tmp_path / f"node-{concurrency}",
+                                    blob_url=f"s3://{moto_s3.bucket}/{prefix}", **extra)
+                blobs = make_blobs(settings)
+                assert isinstance(blobs, S3Blobs)
+                await blobs.open()
+                source.write_bytes(os.urandom(3 * s3_module.DEFAULT_PART_SIZE))
+                proxy.most_parts_in_flight = 0
+                await blobs.publish(f"file-{concurrency}", source)
+                most.append(proxy.most_parts_in_flight)
+                assert etag(moto_s3, prefix, f"file-{concurrency}").endswith("-3")
+            assert most[0] == 1, most
+            assert most[1] >= 2, most
+        finally:
+            proxy.stop()
 
     @pytest.mark.asyncio
     async def test_parts_grow_to_stay_within_the_limit(

@@ -190,7 +190,7 @@ def test_nodes_starting_at_once_on_an_empty_database_make_one_admin_key(
 ) -> None:
     """Three nodes with no admin key given start on an empty database, and are made to
     look for keys at the same moment: the test holds a lock on the keys' table until all
-    three wait on it. Exactly one makes and prints a key; the others say it exists."""
+    three wait on it. Exactly one makes and prints a key; the others make none."""
     args, env = shared
     schema = schema_for(tmp_path)
     no_key = env | {"BARGE_ADMIN_KEY": ""}  # empty: none given, so a node makes one
@@ -228,8 +228,12 @@ def test_nodes_starting_at_once_on_an_empty_database_make_one_admin_key(
         assert len(made) == 1, logs
         secret = re.search(r"^\s+(sk-barge-\S+)$", made[0], re.M)
         assert secret is not None, made[0]
+        # The others say the key exists, or (when the maker committed before their read
+        # ran: a statement's snapshot is taken after its lock wait) find it and say
+        # nothing; none makes one or waits for a maker.
         others = [log for log in logs if log is not made[0]]
-        assert all("An admin key already exists" in log for log in others), others
+        assert all("An admin key already exists" in log or "key" not in log.lower()
+                   for log in others), others
         # The one key works on every node.
         for n in nodes:
             r = httpx.get(f"{n.base_url}/files", timeout=5,

@@ -64,10 +64,10 @@ log = logging.getLogger("barge.blobs")
 
 MiB = 1 << 20
 # S3 wants at least 5 MiB for every part but the last. Each part in flight holds about
-# twice its size in memory, so parts are small and few go at once: an upload adds ~20 MiB
-# to the process, however large the file.
+# twice its size in memory, so parts are small and, by default, go one at a time: an
+# upload adds ~10 MiB to the process, however large the file (--blob-part-concurrency).
 DEFAULT_PART_SIZE = 5 * MiB
-DEFAULT_CONCURRENCY = 2
+DEFAULT_CONCURRENCY = 1
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 STALE_SCRATCH_S = 600  # a spool or partial download untouched this long is a crash's
 

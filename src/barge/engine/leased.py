@@ -29,7 +29,9 @@ from barge.store.protocol import ExpiredLines, Lease, SliceProgress, Store, Stor
 
 log = logging.getLogger("barge.engine")
 
-RESULTS_PAGE = 5000  # stored results read per query when writing result files
+# Stored results read per query when writing result files. A page's lines and their
+# objects are all held at once, so pages are small: memory stays flat at any size.
+RESULTS_PAGE = 1000
 
 
 class LeasedSlice:

@@ -566,6 +566,8 @@ class Engine:
             if fin_token is None:  # another node writes them (or, for a cancel, its
                 await asyncio.sleep(s.poll_interval)  # slices are being given back)
                 return
+        # What dispatch freed goes back first: the files' transfers come on top of it.
+        await asyncio.to_thread(release_free_memory)
         merged = await self._merge(b, expire_rest=expire_rest, scan=scan,
                                    stored=fin_token is not None)
         now = int(time.time())
