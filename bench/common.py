@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -81,6 +82,18 @@ async def _ideal(base: str, data: bytes, concurrency: int) -> float:
 
 def ideal_seconds(base: str, data: bytes, concurrency: int) -> float:
     return asyncio.run(_ideal(base, data, concurrency))
+
+
+def own_cpu() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def barge_seconds(proc: BargeProcess, data: bytes, endpoint: str = "/v1/chat/completions",

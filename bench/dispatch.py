@@ -17,7 +17,9 @@ from common import (
     append_results,
     barge_seconds,
     chat_lines,
+    cpu_seconds,
     ideal_seconds,
+    own_cpu,
     upstream_process,
 )
 
@@ -35,21 +37,33 @@ def main() -> None:
         proc = BargeProcess(Path(tmp) / "data", base, "--upstream-concurrency",
                             str(args.concurrency), "--log-level", "warning")
         proc.start()
+        assert proc.proc is not None
+        pid = proc.proc.pid
         try:
             for n in sizes:
                 data = chat_lines(n)
-                ideals, runs, uploads = [], [], []
+                ideals, runs, uploads, cpu_direct, cpu_barge = [], [], [], [], []
                 for _ in range(args.rounds):
+                    before = own_cpu()
                     ideals.append(ideal_seconds(base, data, args.concurrency))
+                    cpu_direct.append(own_cpu() - before)
+                    before = cpu_seconds(pid)
                     upload, run, done = barge_seconds(proc, data)
+                    cpu_barge.append(cpu_seconds(pid) - before)
                     assert done == n
                     runs.append(run)
                     uploads.append(upload)
                 ideal, run = statistics.median(ideals), statistics.median(runs)
                 spread = ", ".join(f"{i / r:.2f}" for i, r in zip(ideals, runs, strict=True))
+                cpu_spread = ", ".join(f"{d / b:.2f}"
+                                       for d, b in zip(cpu_direct, cpu_barge, strict=True))
                 rows.append([
                     f"{n:,}", str(args.concurrency), f"{n / ideal:,.0f}", f"{n / run:,.0f}",
                     f"**{ideal / run:.2f}** ({spread})",
+                    f"{statistics.median(cpu_direct) / n * 1e6:.0f}",
+                    f"{statistics.median(cpu_barge) / n * 1e6:.0f}",
+                    f"{statistics.median(cpu_direct) / statistics.median(cpu_barge):.2f}"
+                    f" ({cpu_spread})",
                     f"{len(data) / statistics.median(uploads) / 1e6:,.0f}",
                 ])
         finally:
@@ -58,11 +72,15 @@ def main() -> None:
         "Dispatch overhead (instant loopback upstream)",
         ["requests", "concurrency", "direct aiohttp req/s (median)",
          "Barge req/s, create→completed (median)", "ratio of medians (each round)",
-         "upload MB/s"],
+         "direct CPU µs/request", "Barge CPU µs/request",
+         "CPU ratio direct/Barge (each round)", "upload MB/s"],
         rows,
         f"{args.rounds} alternating rounds per size. Barge's time includes validation, "
         "dispatch, durable result commits and writing the output file; the direct client only "
-        "sends. Upstream, client and Barge share the machine's cores.",
+        "sends. Upstream, client and Barge share the machine's cores. CPU: user + system "
+        "seconds of the direct client's process, and of Barge's from upload to completed "
+        "(all its threads); their ratio moves less than the rates when the machine's speed "
+        "does, so it is the figure to compare changes by.",
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import secrets
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 import aiohttp
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import orjson
-from common import BargeProcess, append_results, upstream_process
+from common import BargeProcess, append_results, cpu_seconds, own_cpu, upstream_process
 from moto_s3 import MotoS3
 
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -76,21 +75,10 @@ async def _direct(base: str, path: Path, concurrency: int) -> tuple[float, int]:
 
 def direct_seconds(base: str, path: Path, n: int, concurrency: int) -> tuple[float, float]:
     """(seconds, CPU seconds of this process) for the direct client."""
-    before = _own_cpu()
+    before = own_cpu()
     elapsed, ok = asyncio.run(_direct(base, path, concurrency))
     assert ok == n, f"direct client: {ok}/{n} ok"
-    return elapsed, _own_cpu() - before
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return elapsed, own_cpu() - before
 
 
 def _kib(pid: int, field: str) -> int:
@@ -147,14 +135,14 @@ def run_batch(proc: BargeProcess, path: Path, n: int) -> dict[str, float]:
     upload = time.perf_counter() - t0
     after_upload = _kib(pid, "VmHWM")
     t1 = time.perf_counter()
-    cpu = _cpu_seconds(pid)
+    cpu = cpu_seconds(pid)
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                               completion_window="24h")
     while b.status not in FINAL:
         time.sleep(0.1)
         b = client.batches.retrieve(b.id)
     run = time.perf_counter() - t1
-    cpu = _cpu_seconds(pid) - cpu
+    cpu = cpu_seconds(pid) - cpu
     peak = _kib(pid, "VmHWM")
     assert b.status == "completed", b
     assert b.request_counts is not None and b.request_counts.completed == n, b

@@ -8,7 +8,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -171,6 +172,14 @@ def _for_route(route: Route, body: bytes, line: dict[str, Any], model: str,
     return orjson.dumps(changed)
 
 
+class _Retry(Enum):
+    """An answer's verdict: try the call again (after a back-off)."""
+
+    RETRY = "retry"
+
+
+T = TypeVar("T")
+
 OVERLOAD_STATUSES = frozenset({429, 503})  # answers that mean "send me less"
 MAX_RETRY_AFTER = 600.0  # seconds: the longest Retry-After honoured
 DOWN_LOG_INTERVAL = 30.0  # seconds between "upstream unreachable" log lines
@@ -261,85 +270,45 @@ class Dispatcher:
     async def _group_attempts(
         self, items: Sequence[Item], stopping: Callable[[], bool], priority: int | None,
     ) -> list[Result | None] | None:
-        """``execute_group``'s call with its retries, as ``_attempts`` makes them; None
-        when the lines must go one by one."""
+        """``execute_group``'s call with its retries; None when the lines must go one by
+        one (a final or last failure, an answer over the size cap or one that cannot be
+        cut)."""
         model = items[0].model
-        policy = self._policy
         router = self.router
         tokens = sum(item.tokens for item in items) if router.counts_tokens else 0
-        stopped: list[Result | None] = [None] * len(items)
-        attempt = 0
-        unreachable = 0
-        avoid: Route | None = None
-        while True:
-            attempt += 1
-            last_try = attempt >= policy.max_attempts
-            wait: float | None = None
-            try:
-                route, granted = await router.acquire(model, avoid, tokens)
-            except NoRoute:
-                attempt -= 1
-                unreachable += 1
-                if not await self._wait_for_upstream(UpstreamUnreachable(
-                        f"No upstream serving '{model}' is in rotation"), unreachable,
-                        stopping):
-                    return stopped
-                continue
+
+        def body_for(route: Route) -> bytes:
             spec = route.spec
-            body = combined_body(items, spec.outgoing_model(model),
+            return combined_body(items, spec.outgoing_model(model),
                                  spec.priority_field if priority is not None else None,
                                  priority)
-            try:
-                reply = await self._send(route, granted, EMBEDDINGS, body, tokens)
-            except UpstreamUnreachable as e:
-                router.unsent(route, tokens)
-                if self._metrics is not None:
-                    self._metrics.retried(route.name, "connection")
-                attempt -= 1
-                unreachable += 1
-                avoid = route
-                if len(router.for_model(model)) > 1:
-                    continue
-                if not await self._wait_for_upstream(e, unreachable, stopping):
-                    return stopped
-                continue
-            except UpstreamResponseTooLarge:
-                return None  # each line's answer alone is a fraction of it
-            except UpstreamError as e:
-                if last_try:
-                    return None
-                if self._metrics is not None:
-                    self._metrics.retried(route.name, "timeout" if isinstance(
-                        e, UpstreamTimeout) else "connection")
-            else:
-                status = reply.status
-                if 200 <= status < 300:
-                    parsed = _parse(reply.body)
-                    cut = None if parsed is NOT_JSON else split_answer(reply.body, parsed,
-                                                                      items)
-                    if cut is None:
-                        log.warning("upstream %s: an answer to %d embeddings requests in "
-                                    "one call cannot be split; sending them one by one",
-                                    route.name, len(items))
-                        return None
-                    request_id = _request_id(reply.headers)
-                    results: list[Result | None] = [
-                        Result(True, output_line(item.custom_id, status, request_id,
-                                                 json_fragment(text)), usage)
-                        for item, (text, usage) in zip(items, cut, strict=True)]
-                    if route.pacer is not None:
-                        used = sum((u for _, u in cut), NO_USAGE)
-                        if used:
-                            router.settle(route, tokens, used.input_tokens + used.output_tokens)
-                    return results
-                if last_try or not is_retryable_status(status):
-                    return None
-                if self._metrics is not None:
-                    self._metrics.retried(route.name, str(status))
-                wait = retry_after(reply.headers)
-            delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
-            if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
-                return stopped
+
+        def verdict(route: Route, reply: Reply, last_try: bool
+                    ) -> list[Result | None] | _Retry | None:
+            status = reply.status
+            if not 200 <= status < 300:
+                return _Retry.RETRY if not last_try and is_retryable_status(status) else None
+            parsed = _parse(reply.body)
+            cut = None if parsed is NOT_JSON else split_answer(reply.body, parsed, items)
+            if cut is None:
+                log.warning("upstream %s: an answer to %d embeddings requests in one call "
+                            "cannot be split; sending them one by one", route.name,
+                            len(items))
+                return None
+            request_id = _request_id(reply.headers)
+            if route.pacer is not None:
+                used = sum((u for _, u in cut), NO_USAGE)
+                if used:
+                    router.settle(route, tokens, used.input_tokens + used.output_tokens)
+            return [Result(True, output_line(item.custom_id, status, request_id,
+                                             json_fragment(text)), usage)
+                    for item, (text, usage) in zip(items, cut, strict=True)]
+
+        return await self._call(
+            model, EMBEDDINGS, tokens, body_for, verdict,
+            too_large=lambda _: None,  # each line's answer alone is a fraction of it
+            gave_up=lambda _: None,
+            stopped=[None] * len(items), stopping=stopping)
 
     async def _attempts(
         self, raw: bytes, line: dict[str, Any], custom_id: str, model: str,
@@ -347,10 +316,46 @@ class Dispatcher:
     ) -> Result | None:
         endpoint: str = line["url"]
         body = _request_body(raw, line)
-        policy = self._policy
         router = self.router
         # What it is charged on upstreams with a token budget (corrected by its usage).
         tokens = estimate_tokens(endpoint, line["body"]) if router.counts_tokens else 0
+
+        def verdict(route: Route, reply: Reply, last_try: bool) -> Result | _Retry:
+            result = self._classify(custom_id, reply, last_try)
+            if result is None:
+                return _Retry.RETRY
+            if route.pacer is not None and result.usage:
+                usage = result.usage
+                router.settle(route, tokens, usage.input_tokens + usage.output_tokens)
+            return result
+
+        def gave_up(e: UpstreamError) -> Result:
+            code = (ResultCodes.UPSTREAM_TIMEOUT if isinstance(e, UpstreamTimeout)
+                    else ResultCodes.UPSTREAM_CONNECTION_ERROR)
+            return Result(False, error_line(custom_id, code, e.message))
+
+        return await self._call(
+            model, endpoint, tokens,
+            lambda route: _for_route(route, body, line, model, priority), verdict,
+            # Final: the same upstream would send the same flood again.
+            too_large=lambda e: Result(False, error_line(
+                custom_id, ResultCodes.UPSTREAM_RESPONSE_TOO_LARGE, e.message)),
+            gave_up=gave_up, stopped=None, stopping=stopping)
+
+    async def _call(
+        self, model: str, endpoint: str, tokens: int, body_for: Callable[[Route], bytes],
+        verdict: Callable[[Route, Reply, bool], T | _Retry], *,
+        too_large: Callable[[UpstreamResponseTooLarge], T],
+        gave_up: Callable[[UpstreamError], T], stopped: T, stopping: Callable[[], bool],
+    ) -> T:
+        """One call (``body_for`` the route it goes to) with its retries: what
+        ``verdict`` makes of an answer (``last_try``: no attempt is left), or of a final
+        failure ``too_large`` / ``gave_up`` (timeout or broken connection on the last
+        attempt); ``stopped`` when the batch stopped (cancel, expiry, shutdown) first.
+        An upstream that cannot be reached costs no attempt: the call goes to another
+        replica, or waits for this one, until one answers or the batch stops."""
+        policy = self._policy
+        router = self.router
         attempt = 0
         unreachable = 0
         avoid: Route | None = None
@@ -368,16 +373,12 @@ class Dispatcher:
                 if not await self._wait_for_upstream(UpstreamUnreachable(
                         f"No upstream serving '{model}' is in rotation"), unreachable,
                         stopping):
-                    return None
+                    return stopped
                 continue
             try:
-                reply = await self._send(route, granted, endpoint,
-                                         _for_route(route, body, line, model, priority),
-                                         tokens)
+                reply = await self._send(route, granted, endpoint, body_for(route), tokens)
             except UpstreamUnreachable as e:
-                # Nothing was sent: the request goes to another replica, or waits for
-                # this one, without using its attempts, until one answers or the batch
-                # stops (expiry, cancel).
+                # Nothing was sent: no attempt is used.
                 router.unsent(route, tokens)
                 if self._metrics is not None:
                     self._metrics.retried(route.name, "connection")
@@ -387,36 +388,26 @@ class Dispatcher:
                 if len(router.for_model(model)) > 1:
                     continue  # straight to another replica (acquire passes this one over)
                 if not await self._wait_for_upstream(e, unreachable, stopping):
-                    return None
+                    return stopped
                 continue
             except UpstreamResponseTooLarge as e:
-                # Final: the same upstream would send the same flood again.
-                return Result(False, error_line(
-                    custom_id, ResultCodes.UPSTREAM_RESPONSE_TOO_LARGE, e.message))
+                return too_large(e)
             except UpstreamError as e:
                 if last_try:
-                    code = (
-                        ResultCodes.UPSTREAM_TIMEOUT
-                        if isinstance(e, UpstreamTimeout)
-                        else ResultCodes.UPSTREAM_CONNECTION_ERROR
-                    )
-                    return Result(False, error_line(custom_id, code, e.message))
+                    return gave_up(e)
                 if self._metrics is not None:
                     self._metrics.retried(route.name, "timeout" if isinstance(
                         e, UpstreamTimeout) else "connection")
             else:
-                result = self._classify(custom_id, reply, last_try)
-                if route.pacer is not None and result is not None and result.usage:
-                    usage = result.usage
-                    router.settle(route, tokens, usage.input_tokens + usage.output_tokens)
-                if result is not None:
-                    return result
+                outcome = verdict(route, reply, last_try)
+                if outcome is not _Retry.RETRY:
+                    return outcome
                 if self._metrics is not None:
                     self._metrics.retried(route.name, str(reply.status))
                 wait = retry_after(reply.headers)
             delay = backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
             if not await _pause(max(delay, min(wait or 0.0, MAX_RETRY_AFTER)), stopping):
-                return None
+                return stopped
 
     async def _send(self, route: Route, granted: int, endpoint: str, body: bytes,
                     tokens: int = 0) -> Reply:
