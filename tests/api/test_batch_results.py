@@ -87,6 +87,30 @@ def test_pages_while_running_read_each_result_once_and_end_as_the_files(
     assert page(client, b.id, limit=10_000) == (whole, "")
 
 
+def test_latest_follows_a_running_batch_from_now_on(
+    connect: Connect, barge_factory: Factory, upstream: UpstreamServer
+) -> None:
+    """``after=latest`` gives no results, only a cursor past all committed so far: read
+    from it, a running batch's results from then on, which are exactly the last of its
+    whole commit order. Once ended, it is the end."""
+    proc = barge_factory(upstream.base_url, "--upstream-concurrency", "2",
+                         "--backoff-base", "0.01")
+    client = connect(proc)
+    n = 40
+    f = upload(client, [chat_line(f"r-{i}", key=f"r-{i}", delay=0.05) for i in range(n)])
+    b = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+    wait_for(lambda: page(client, b.id)[0], what="a first result")
+    lines, now = page(client, b.id, "latest", limit=1)
+    assert lines == [] and now not in ("", "0.0.0"), now
+    assert client.batches.retrieve(b.id).status == "in_progress"
+    since = read_to_end(client, b.id, now)
+    assert_at_most_once(since)
+    whole = read_to_end(client, b.id, limit=10_000)
+    assert 0 < len(since) < n
+    assert since == whole[-len(since):]  # the tail of the commit order, from that moment
+    assert page(client, b.id, "latest") == ([], "")  # ended: nothing more will come
+
+
 def test_an_expired_batch_reads_its_batch_expired_lines_too(
     connect: Connect, barge_factory: Factory, upstream: UpstreamServer
 ) -> None:
@@ -148,7 +172,7 @@ def test_cursors_and_limits_are_checked(connect: Connect,
     url = f"{shared_barge.base_url}/batches/{b.id}/results"
     headers = auth_headers("sk-test-admin")
     for bad in ("x", "1.2", "1.2.3.4", "-1.0.0", "1.0.x", "9" * 19 + ".0.0", "1.0.99",
-                "7.7.1"):
+                "7.7.1", "Latest", "latest.0"):
         r = httpx.get(url, params={"after": bad}, headers=headers)
         http_error(r, status=400, param="after", code="invalid_cursor")
     for limit in ("0", "10001", "many"):

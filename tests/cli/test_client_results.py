@@ -4,6 +4,7 @@ printed as they come (``--follow`` until the end), each once, and a retry's new 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -63,6 +64,10 @@ def test_results_of_a_running_batch_say_where_to_go_on(server: BargeProcess,
     assert done.stderr.strip() == "next: --after 0.0.0"
     again = cli(server, "batches", "results", batch_id, "--after", "0.0.0")
     assert again.stderr.strip() == "next: --after 0.0.0"
+    # from now on: nothing yet, and the cursor past every commit so far
+    now = cli(server, "batches", "results", batch_id, "--after", "latest")
+    assert now.returncode == 0 and now.stdout == ""
+    assert re.fullmatch(r"next: --after [1-9]\d*\.0\.0", now.stderr.strip()), now.stderr
     bad = cli(server, "batches", "results", batch_id, "--after", "nope")
     assert bad.returncode == 1 and "cursor" in bad.stderr and "Traceback" not in bad.stderr
     ok(cli(server, "batches", "cancel", batch_id))

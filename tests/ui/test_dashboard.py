@@ -132,6 +132,46 @@ def test_progress_moves_to_completed_without_reload_and_the_output_downloads(
     assert not [u for u in watch.requests if ADMIN_KEY in u]
 
 
+def test_a_running_batch_page_shows_its_newest_results(
+    new_page: NewPage, dashboard: Dashboard
+) -> None:
+    """The batch page follows the results recorded after it opened (GET …/results from
+    ``after=latest``): rows come while the batch runs, newest first, each once, with the
+    upstream's status; they stay once it has ended."""
+    n = 14
+    lines = staggered("res", n, 0.4)  # ~6 s at 8 in flight: a few refreshes while it runs
+    batch_id = create_batch(dashboard, lines)
+    wait_status(dashboard.client, batch_id, ["in_progress"])
+    page = new_page()
+    sign_in(page)
+    expect(page.locator("#who")).to_have_text("default · admin")
+    page.goto(f"/ui/#/batches/{batch_id}")
+    expect(page.locator(".batch-head h1")).to_have_text(batch_id)
+    results = page.locator("[data-table=results] tbody tr")
+    while_running = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = page.locator(".batch-head .badge").text_content()
+        if status == "completed":
+            break
+        if status == "in_progress":
+            while_running = max(while_running, results.count())
+        time.sleep(0.1)
+    assert while_running > 0, "no result shown while the batch ran"
+    expect(page.locator(".batch-head .badge")).to_have_text("completed")
+    # The results recorded just before the end come at the next refresh.
+    expect(page.locator("[data-table=results]")).to_contain_text(f"res-{n - 1}")
+    ids = [c.text_content() or "" for c in
+           page.locator("[data-table=results] tbody tr td:first-child").all()]
+    assert ids and len(ids) == len(set(ids)) <= n, ids
+    assert set(ids) <= {line["custom_id"] for line in lines}
+    # Newest first: the staggered requests finish in order, so the numbers go down.
+    numbers = [int(i.split("-")[1]) for i in ids]
+    assert numbers == sorted(numbers, reverse=True), ids
+    answers = page.locator("[data-table=results] tbody tr td:nth-child(2)")
+    assert {a.text_content() for a in answers.all()} == {"200"}
+
+
 def test_cancel_and_delete_with_the_buttons(new_page: NewPage, dashboard: Dashboard) -> None:
     batch_id = create_batch(dashboard, long_running("long"))
     wait_status(dashboard.client, batch_id, ["in_progress"])

@@ -91,8 +91,9 @@ def batches_delete(client: Client, batch_id: str, as_json: bool) -> None:
 @batches.command("results")
 @click.argument("batch_id")
 @click.option("--after", default=None,
-              help="Start after this cursor (a 'next:' value printed before); default: "
-                   "from the first result.")
+              help="Start after this cursor (a 'next:' value printed before), or "
+                   "'latest' for what is recorded from now on; default: from the first "
+                   "result.")
 @click.option("--follow", is_flag=True,
               help="Keep reading as results come, until the batch has ended and every "
                    "result is printed.")

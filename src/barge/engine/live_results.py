@@ -37,6 +37,7 @@ PAGE_BYTES = 8 << 20  # a page stops once past this many bytes (it holds one lin
 MAX_GROUPS = 500  # groups of the log a page reads at most (each a range of a file or part)
 READ_ATTEMPTS = 3  # reads of one page that may find the batch finalised under them
 START = "0.0.0"  # the cursor before every result
+LATEST = "latest"  # ``after`` for the cursor past every result committed so far
 NEXT_AFTER = "barge-next-after"  # the response header with the next page's cursor
 
 _CURSOR = re.compile(r"(\d{1,18})\.(\d{1,18})\.(\d{1,18})")
@@ -57,8 +58,9 @@ class Cursor:
             return cls(0, 0, 0)
         m = _CURSOR.fullmatch(text)
         if m is None:
-            raise InvalidRequest(f"'after' must be a cursor a {NEXT_AFTER} header gave, not "
-                                 f"{text[:40]!r}.", param="after", code="invalid_cursor")
+            raise InvalidRequest(f"'after' must be a cursor a {NEXT_AFTER} header gave, or "
+                                 f"'{LATEST}', not {text[:40]!r}.", param="after",
+                                 code="invalid_cursor")
         return cls(int(m[1]), int(m[2]), int(m[3]))
 
     def __str__(self) -> str:
@@ -89,15 +91,19 @@ async def read_results(
     limit: int, work_dir: Path, shared: bool,
 ) -> ResultsPage:
     """The page of ``account``'s batch after the cursor ``after`` (None or "": from the
-    first result): at most ``limit`` results, fewer past ``PAGE_BYTES``. ``shared``:
-    results are stored rows (many nodes), else parts in ``work_dir`` (one machine)."""
+    first result; ``LATEST``: none, only the cursor to follow from now on): at most
+    ``limit`` results, fewer past ``PAGE_BYTES``. ``shared``: results are stored rows
+    (many nodes), else parts in ``work_dir`` (one machine)."""
+    if after == LATEST:
+        b = await store.get_batch(account, batch_id)
+        # Commits are numbered in order and a commit's groups are logged with it, so
+        # every result to come is in a commit after the last one so far.
+        last = _commits(b)
+        return ResultsPage([], "" if b.status in TERMINAL else str(Cursor(last + 1, 0, 0)))
     cursor = Cursor.parse(after)
     for _ in range(READ_ATTEMPTS):
         b = await store.get_batch(account, batch_id)
-        if b.result_commits is None:
-            raise Conflict(f"Batch {batch_id} was created before results were logged: its "
-                           "results can only be downloaded as its output and error files.",
-                           param="batch_id", code="results_not_logged")
+        _commits(b)
         ended = b.status in TERMINAL
         fetch = min(limit, MAX_GROUPS) + 1
         groups = await store.result_groups(
@@ -116,6 +122,15 @@ async def read_results(
         return _page(cursor, after, reads, chunks, done=ended and not more)
     raise StoreUnavailable(f"The results of batch {batch_id} moved while being read; ask "
                            "again.")
+
+
+def _commits(b: BatchRecord) -> int:
+    """The batch's commits so far; Conflict for a batch whose results are not logged."""
+    if b.result_commits is None:
+        raise Conflict(f"Batch {b.id} was created before results were logged: its "
+                       "results can only be downloaded as its output and error files.",
+                       param="batch_id", code="results_not_logged")
+    return b.result_commits
 
 
 def _plan(cursor: Cursor, groups: list[ResultGroup], limit: int) -> tuple[list[_Read], bool]:

@@ -20,6 +20,8 @@
     ["cancelled_at", "cancelled"],
   ];
   const DELIVERY_OPEN = new Set(["pending", "failing"]);
+  const RESULT_ROWS = 20; // the newest results a batch page shows
+  const RESULT_PAGE = 200; // results asked for at each refresh; a full page means a backlog
 
   const state = {
     key: null, // the API key of this tab
@@ -39,6 +41,9 @@
     ui: null, // the batch page's parts that stay between refreshes
     flash: "", // a notice for the next view
     noDeliveries: false, // the deliveries route answered 404: not asked again for this page
+    // The batch page's newest results: {cursor, rows, following}. cursor null: ask from
+    // "latest" (now); following false: the batch ended, or has no results to follow.
+    results: null,
   };
 
   // -- small helpers ------------------------------------------------------------------
@@ -450,6 +455,7 @@
     state.actionsSig = null;
     state.ui = null;
     state.noDeliveries = false;
+    state.results = { cursor: null, rows: [], following: true };
     document.title = `${id} · Barge`;
     setText($("batch-error"), "");
     $("batch-detail").replaceChildren(el("p", { class: "muted", text: "Loading…" }));
@@ -467,12 +473,57 @@
     }
   }
 
+  /** One look at the results recorded since the last: the newest RESULT_ROWS are kept.
+   *  Following starts from "latest" (what is recorded from now on); a full page means
+   *  the batch runs faster than the page refreshes, so the next look skips ahead to now
+   *  (every result is in the output and error files once the batch ends). */
+  async function followResults(id) {
+    const r = state.results;
+    if (!r || !r.following) return;
+    try {
+      const after = r.cursor === null ? "latest" : r.cursor;
+      const res = await api("GET", `v1/batches/${encodeURIComponent(id)}/results?` +
+        `after=${encodeURIComponent(after)}&limit=${RESULT_PAGE}`, { raw: true });
+      const text = await res.text();
+      const next = res.headers.get("barge-next-after") || "";
+      const lines = text.split("\n").filter((line) => line);
+      for (const line of lines) {
+        try {
+          r.rows.push(resultRow(JSON.parse(line)));
+        } catch (e) {
+          // not JSON: not a result line; left out
+        }
+      }
+      r.rows.splice(0, Math.max(0, r.rows.length - RESULT_ROWS));
+      if (!next) r.following = false;
+      else r.cursor = lines.length >= RESULT_PAGE ? null : next;
+    } catch (err) {
+      if (handleAuthLoss(err)) return;
+      // A 4xx (409: a batch whose results are not logged; 404: gone) ends following; an
+      // unreachable or restarting server is asked again at the next refresh.
+      if (err instanceof ApiError && err.status >= 400 && err.status < 500) r.following = false;
+    }
+  }
+
+  /** What the results table shows of one output or error line. */
+  function resultRow(line) {
+    const response = line && typeof line.response === "object" ? line.response : null;
+    const error = line && typeof line.error === "object" ? line.error : null;
+    const code = response && response.status_code != null ? String(response.status_code) : null;
+    return {
+      id: String(line && line.custom_id != null ? line.custom_id : "—"),
+      answer: error ? String(error.code ?? "error") : (code ?? "—"),
+      ok: !error && code !== null && code.startsWith("2"),
+    };
+  }
+
   async function refreshBatch() {
     const gen = state.gen;
     const batchId = state.batchId;
     try {
       const path = `v1/batches/${encodeURIComponent(batchId)}`;
-      const [batch, deliveries] = await Promise.all([api("GET", path), fetchDeliveries(batchId)]);
+      const [batch, deliveries] = await Promise.all([api("GET", path), fetchDeliveries(batchId),
+        followResults(batchId)]);
       if (gen !== state.gen) return;
       state.batch = batch;
       state.deliveries = deliveries && Array.isArray(deliveries.data) ? deliveries.data : null;
@@ -492,6 +543,7 @@
     }
     if (gen !== state.gen) return;
     const open = !state.batch || !TERMINAL.has(state.batch.status) ||
+      (state.results && state.results.following) || // the last results, once it has ended
       (state.deliveries || []).some((d) => DELIVERY_OPEN.has(d.status));
     schedule(open);
   }
@@ -565,8 +617,8 @@
     }
     state.ui.head.replaceChildren(el("h1", { class: "mono", text: b.id }), statusBadge(b.status));
     state.ui.progress.replaceChildren(progressBar(b));
-    state.ui.body.replaceChildren(el("section", { class: "panel" }, facts), errorSection,
-      metaSection, deliveriesSection());
+    state.ui.body.replaceChildren(el("section", { class: "panel" }, facts), resultsSection(),
+      errorSection, metaSection, deliveriesSection());
     renderActions();
   }
 
@@ -575,6 +627,22 @@
       el("table", { class: "table", attrs: { "data-table": name } },
         el("thead", {}, el("tr", {}, headers.map((h) => el("th", { text: h, attrs: { scope: "col" } })))),
         el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((cell) => el("td", {}, cell)))))));
+  }
+
+  function resultsSection() {
+    const r = state.results;
+    if (!r || (!r.following && !r.rows.length)) return null; // ended before the page opened
+    const rows = r.rows.slice().reverse().map((x) => [
+      el("code", { text: x.id }),
+      el("span", { class: x.ok ? "answer ok" : "answer failed", text: x.answer }),
+    ]);
+    return el("section", { class: "panel", attrs: { "aria-labelledby": "results-title" } },
+      el("h2", { text: "Newest results", attrs: { id: "results-title" } }),
+      el("p", { class: "muted", text: "Recorded since this page opened, newest first; " +
+        "every result is in the output and error files once the batch ends." }),
+      rows.length
+        ? table(["Custom ID", "Answer"], rows, "results")
+        : el("p", { class: "muted", text: "None yet." }));
   }
 
   function deliveriesSection() {
