@@ -12,32 +12,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import secrets
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped, unused-ignore]
 from common import (
     BargeProcess,
     append_results,
     barge_seconds,
     chat_lines,
+    scratch_database,
     upstream_process,
 )
 from moto_s3 import MotoS3
-
-PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def _max_in_flight(base: str) -> int:
@@ -61,18 +49,15 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--limited-requests", type=int, default=3000)
     args = parser.parse_args()
-    db = f"barge_bench_{secrets.token_hex(4)}"
-    asyncio.run(_admin(f"CREATE DATABASE {db}"))
-    url = PG.rsplit("/", 1)[0] + "/" + db
-    s3 = MotoS3().start()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            _one_node(args, root, url, s3)
-            _workers(args, root, url, s3)
-    finally:
-        s3.stop()
-        asyncio.run(_admin(f"DROP DATABASE {db} WITH (FORCE)"))
+    with scratch_database() as url:
+        s3 = MotoS3().start()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                root = Path(tmp)
+                _one_node(args, root, url, s3)
+                _workers(args, root, url, s3)
+        finally:
+            s3.stop()
 
 
 def _shared_args(url: str, s3: MotoS3, prefix: str) -> list[str]:

@@ -15,21 +15,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import orjson
-from common import BargeProcess, append_results, cpu_seconds, own_cpu, upstream_process
+from common import (
+    BargeProcess,
+    append_results,
+    cpu_seconds,
+    direct_client,
+    own_cpu,
+    scratch_database,
+    upstream_process,
+)
 from moto_s3 import MotoS3
 
-PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINAL = ("completed", "failed", "expired", "cancelled")
 
 
@@ -49,34 +52,11 @@ def write_input(path: Path, n: int) -> int:
     return path.stat().st_size
 
 
-async def _direct(base: str, path: Path, concurrency: int) -> tuple[float, int]:
-    """The direct client of bench/common.py, reading its lines from ``path`` as it goes
-    (the same work per request: parse the line, POST its body, read and parse the
-    answer); (seconds, requests answered 200)."""
-    ok = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    with open(path, "rb") as fh:
-        lines: Iterator[bytes] = iter(fh)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            async def worker() -> None:
-                nonlocal ok
-                for raw in lines:
-                    line = orjson.loads(raw)
-                    url = base + line["url"][3:]
-                    async with http.post(url, data=orjson.dumps(line["body"]),
-                                         headers={"Content-Type": "application/json"}) as r:
-                        orjson.loads(await r.read())
-                        ok += r.status == 200
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - started
-    return elapsed, ok
-
-
 def direct_seconds(base: str, path: Path, n: int, concurrency: int) -> tuple[float, float]:
     """(seconds, CPU seconds of this process) for the direct client."""
     before = own_cpu()
-    elapsed, ok = asyncio.run(_direct(base, path, concurrency))
+    with open(path, "rb") as fh:  # streamed: the client never holds the file
+        elapsed, ok = asyncio.run(direct_client(base, fh, concurrency))
     assert ok == n, f"direct client: {ok}/{n} ok"
     return elapsed, own_cpu() - before
 
@@ -262,17 +242,14 @@ def _backend(backend: str, root: Path, base: str, path: Path, n: int, size: int,
         return _measure(proc, path, n)
     if backend != "postgres":
         raise SystemExit(f"unknown backend {backend!r}")
-    db = f"barge_bench_{secrets.token_hex(4)}"
-    asyncio.run(_admin(f"CREATE DATABASE {db}"))
-    s3 = MotoS3().start()
-    try:
-        url = PG.rsplit("/", 1)[0] + "/" + db
-        proc = BargeProcess(folder / "data", base, *limits, "--database-url", url,
-                            "--blob-url", f"s3://{s3.bucket}/million", env=s3.env())
-        return _measure(proc, path, n)
-    finally:
-        s3.stop()
-        asyncio.run(_admin(f"DROP DATABASE {db} WITH (FORCE)"))
+    with scratch_database() as url:
+        s3 = MotoS3().start()
+        try:
+            proc = BargeProcess(folder / "data", base, *limits, "--database-url", url,
+                                "--blob-url", f"s3://{s3.bucket}/million", env=s3.env())
+            return _measure(proc, path, n)
+        finally:
+            s3.stop()
 
 
 def _measure(proc: BargeProcess, path: Path, n: int) -> dict[str, float]:
@@ -289,14 +266,6 @@ def _measure(proc: BargeProcess, path: Path, n: int) -> dict[str, float]:
     finally:
         proc.terminate()
         os.sync()
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":
