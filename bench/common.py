@@ -4,6 +4,7 @@ direct aiohttp client ("ideal"), a barge process, and the BENCHMARKS.md writer."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -116,9 +117,15 @@ def own_cpu() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    """User + system CPU seconds so far of process ``pid`` (all its threads) and of its
+    running children (Barge's sender processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else ():
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(int(child))
+    return total
 
 
 def barge_seconds(proc: BargeProcess, data: bytes, endpoint: str = "/v1/chat/completions",

@@ -30,47 +30,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating ideal/Barge runs per size; medians are reported")
+    parser.add_argument("--dispatch-processes", default="0,2",
+                        help="Barge's --dispatch-processes, one Barge for each")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with upstream_process() as base, tempfile.TemporaryDirectory() as tmp:
-        proc = BargeProcess(Path(tmp) / "data", base, "--upstream-concurrency",
-                            str(args.concurrency), "--log-level", "warning")
-        proc.start()
-        assert proc.proc is not None
-        pid = proc.proc.pid
-        try:
-            for n in sizes:
-                data = chat_lines(n)
-                ideals, runs, uploads, cpu_direct, cpu_barge = [], [], [], [], []
-                for _ in range(args.rounds):
-                    before = own_cpu()
-                    ideals.append(ideal_seconds(base, data, args.concurrency))
-                    cpu_direct.append(own_cpu() - before)
-                    before = cpu_seconds(pid)
-                    upload, run, done = barge_seconds(proc, data)
-                    cpu_barge.append(cpu_seconds(pid) - before)
-                    assert done == n
-                    runs.append(run)
-                    uploads.append(upload)
-                ideal, run = statistics.median(ideals), statistics.median(runs)
-                spread = ", ".join(f"{i / r:.2f}" for i, r in zip(ideals, runs, strict=True))
-                cpu_spread = ", ".join(f"{d / b:.2f}"
-                                       for d, b in zip(cpu_direct, cpu_barge, strict=True))
-                rows.append([
-                    f"{n:,}", str(args.concurrency), f"{n / ideal:,.0f}", f"{n / run:,.0f}",
-                    f"**{ideal / run:.2f}** ({spread})",
-                    f"{statistics.median(cpu_direct) / n * 1e6:.0f}",
-                    f"{statistics.median(cpu_barge) / n * 1e6:.0f}",
-                    f"{statistics.median(cpu_direct) / statistics.median(cpu_barge):.2f}"
-                    f" ({cpu_spread})",
-                    f"{len(data) / statistics.median(uploads) / 1e6:,.0f}",
-                ])
-        finally:
-            proc.terminate()
+        for senders in [int(p) for p in args.dispatch_processes.split(",")]:
+            rows += run_sizes(base, Path(tmp) / f"data-{senders}", sizes, senders, args)
     append_results(
         "Dispatch overhead (instant loopback upstream)",
-        ["requests", "concurrency", "direct aiohttp req/s (median)",
+        ["requests", "concurrency", "dispatch processes", "direct aiohttp req/s (median)",
          "Barge req/s, create→completed (median)", "ratio of medians (each round)",
          "direct CPU µs/request", "Barge CPU µs/request",
          "CPU ratio direct/Barge (each round)", "upload MB/s"],
@@ -79,9 +49,50 @@ def main() -> None:
         "dispatch, durable result commits and writing the output file; the direct client only "
         "sends. Upstream, client and Barge share the machine's cores. CPU: user + system "
         "seconds of the direct client's process, and of Barge's from upload to completed "
-        "(all its threads); their ratio moves less than the rates when the machine's speed "
-        "does, so it is the figure to compare changes by.",
+        "(all its threads, and its sender processes with --dispatch-processes); their ratio "
+        "moves less than the rates when the machine's speed does.",
     )
+
+
+def run_sizes(base: str, data_dir: Path, sizes: list[int], senders: int,
+              args: argparse.Namespace) -> list[list[str]]:
+    rows = []
+    proc = BargeProcess(data_dir, base, "--upstream-concurrency", str(args.concurrency),
+                        "--dispatch-processes", str(senders), "--log-level", "warning")
+    proc.start()
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    try:
+        for n in sizes:
+            data = chat_lines(n)
+            ideals, runs, uploads, cpu_direct, cpu_barge = [], [], [], [], []
+            for _ in range(args.rounds):
+                before = own_cpu()
+                ideals.append(ideal_seconds(base, data, args.concurrency))
+                cpu_direct.append(own_cpu() - before)
+                before = cpu_seconds(pid)
+                upload, run, done = barge_seconds(proc, data)
+                cpu_barge.append(cpu_seconds(pid) - before)
+                assert done == n
+                runs.append(run)
+                uploads.append(upload)
+            ideal, run = statistics.median(ideals), statistics.median(runs)
+            spread = ", ".join(f"{i / r:.2f}" for i, r in zip(ideals, runs, strict=True))
+            cpu_spread = ", ".join(f"{d / b:.2f}"
+                                   for d, b in zip(cpu_direct, cpu_barge, strict=True))
+            rows.append([
+                f"{n:,}", str(args.concurrency), str(senders), f"{n / ideal:,.0f}",
+                f"{n / run:,.0f}",
+                f"**{ideal / run:.2f}** ({spread})",
+                f"{statistics.median(cpu_direct) / n * 1e6:.0f}",
+                f"{statistics.median(cpu_barge) / n * 1e6:.0f}",
+                f"{statistics.median(cpu_direct) / statistics.median(cpu_barge):.2f}"
+                f" ({cpu_spread})",
+                f"{len(data) / statistics.median(uploads) / 1e6:,.0f}",
+            ])
+    finally:
+        proc.terminate()
+    return rows
 
 
 if __name__ == "__main__":

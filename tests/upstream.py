@@ -40,6 +40,7 @@ import gzip
 import hashlib
 import itertools
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -56,6 +57,21 @@ from aiohttp import web
 PATHS = ("chat/completions", "completions", "embeddings", "responses", "moderations")
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 429: "rate_limit_error"}
+
+
+def chat_body(content: str = "hi", **mock: Any) -> bytes:
+    """A chat request's body for this upstream, asking for ``mock`` behaviour (x_mock)."""
+    b: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    if mock:
+        b["x_mock"] = mock
+    return orjson.dumps(b)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -30,6 +30,7 @@ from barge.startup import check_shared
 from barge.store.protocol import Store
 from barge.store.sqlite import SQLiteStore
 from barge.upstreams.health import UpstreamHealth, UpstreamProbe, WatchedUpstreamClient
+from barge.upstreams.senders import SenderPool
 
 log = logging.getLogger("barge")
 
@@ -200,6 +201,9 @@ class App:
         self.store_health = ComponentHealth("store", self.store.ping)
         self.blobs_health = ComponentHealth("blob store", self.blobs.ping)
         routes: list[Route] = []
+        self.senders = (SenderPool(settings.dispatch_processes,
+                                   request_timeout=settings.upstream_timeout)
+                        if settings.dispatch_processes and settings.engine else None)
         self.upstream_healths: list[UpstreamHealth] = []
         self._probes: list[UpstreamProbe] = []
         for spec in settings.upstream_specs:
@@ -211,6 +215,7 @@ class App:
                 timeout=settings.upstream_timeout,
                 max_connections=spec.concurrency,
                 max_response_bytes=settings.max_response_bytes,
+                senders=self.senders,
             )
             routes.append(Route(spec, client, max_cooldown=settings.backoff_max))
             self.upstream_healths.append(health)
@@ -289,6 +294,8 @@ class App:
             raise
         self.store_health.opened()
         self.blobs_health.opened()
+        if self.senders is not None:
+            await self.senders.start()
         for route in self.router.routes:
             await route.client.open()
         for probe in self._probes:
@@ -323,6 +330,8 @@ class App:
             await probe.stop()
         for route in self.router.routes:
             await route.client.close()
+        if self.senders is not None:
+            await self.senders.stop()
         await self.store.close()
         self._release_lock()
 

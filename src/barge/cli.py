@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from barge.client import register as register_client_commands
+from barge.client import WithClientCommands
 from barge.exceptions import BargeError
 from barge.keys import create_key
 from barge.logs import LOG_FORMATS, LogFormat, setup_logging, tell
@@ -81,6 +81,12 @@ def server_options(f: F) -> F:
                      envvar="BARGE_MAX_RESPONSE_BYTES", show_envvar=True,
                      help="Largest upstream answer, in bytes after decompression; a larger "
                           "one fails its request (upstream_response_too_large)."),
+        click.option("--dispatch-processes", type=click.IntRange(0, 64),
+                     default=d.dispatch_processes, show_default=True,
+                     envvar="BARGE_DISPATCH_PROCESSES", show_envvar=True,
+                     help="Helper processes that make the upstream requests, so the HTTP "
+                          "work runs on more cores than the engine's one; 0: the engine "
+                          "makes them itself."),
         click.option("--endpoints", default=",".join(DEFAULT_ENDPOINTS), show_default=True,
                      envvar="BARGE_ENDPOINTS", show_envvar=True,
                      help="Comma-separated endpoints a batch may target."),
@@ -264,6 +270,7 @@ def settings_from(options: dict[str, Any], admin_key: str | None) -> Settings:
         max_attempts=options["max_attempts"],
         backoff_base=options["backoff_base"],
         max_response_bytes=options["max_response_bytes"],
+        dispatch_processes=options["dispatch_processes"],
         endpoints=_csv(options["endpoints"]),
         completion_windows=_csv(options["completion_windows"]),
         max_requests=options["max_requests"],
@@ -345,7 +352,7 @@ def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
     setup_logging(level, log_format)
 
 
-@click.group()
+@click.group(cls=WithClientCommands)  # barge submit / batches / files / webhooks
 @click.version_option(package_name="barge")
 def cli() -> None:
     """Barge: a self-hosted batch API server that speaks the OpenAI Files and Batch APIs."""
@@ -634,9 +641,6 @@ def demo(n: int, data_dir: Path | None, keep_running: bool) -> None:
 
     run_demo(n, data_dir, keep_running)
 
-
-# barge submit / batches / files / webhooks: drive a Barge server over HTTP
-register_client_commands(cli)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class Settings:
     # The upstreams of a config file (--config); empty: the one ``upstream`` above.
     upstreams: tuple[UpstreamSpec, ...] = ()
     max_response_bytes: int = 64 * 1024 * 1024  # one upstream answer, after decompression
+    # Processes that make the upstream requests for the engine (upstreams/senders.py);
+    # 0: the engine's own process makes them.
+    dispatch_processes: int = 0
     # What a batch may be.
     endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
     completion_windows: tuple[str, ...] = ("24h",)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -13,7 +12,8 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from upstream import UpstreamServer
+from upstream import UpstreamServer, closed_port
+from upstream import chat_body as body
 
 from barge.upstreams.client import (
     Reply,
@@ -26,20 +26,6 @@ from barge.upstreams.client import (
 )
 
 CHAT = "/v1/chat/completions"
-
-
-def body(content: str = "hi", **mock: Any) -> bytes:
-    b: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": content}]}
-    if mock:
-        b["x_mock"] = mock
-    return orjson.dumps(b)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HeaderUpstream(UpstreamServer):

@@ -13,14 +13,29 @@ drive any Barge server over HTTP, through the OpenAI Files and Batch APIs it ser
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
+# name -> "module:attribute"; imported when the command runs (or help lists it).
+COMMANDS = {
+    "submit": "barge.client.submit:submit",
+    "batches": "barge.client.commands:batches",
+    "files": "barge.client.commands:files",
+    "webhooks": "barge.client.webhooks:webhooks",
+}
 
-def register(cli: click.Group) -> None:
-    """Add the client commands to ``cli``."""
-    from barge.client.commands import batches, files
-    from barge.client.submit import submit
-    from barge.client.webhooks import webhooks
 
-    for command in (submit, batches, files, webhooks):
-        cli.add_command(command)
+class WithClientCommands(click.Group):
+    """A group that also has the client commands, loaded only when one is asked for, so
+    that ``barge serve`` and ``barge worker`` never import the client (rich alone is
+    ~7 MiB of a server's memory)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module, attribute = COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)

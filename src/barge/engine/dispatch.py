@@ -24,6 +24,7 @@ from barge.engine.router import NoRoute, Route, Router
 from barge.exceptions import UpstreamError
 from barge.upstreams.client import (
     Reply,
+    SenderLost,
     UpstreamClient,
     UpstreamResponseTooLarge,
     UpstreamTimeout,
@@ -426,6 +427,8 @@ class Dispatcher:
             outcome = Outcome.OVERLOAD if overloaded else Outcome.SUCCESS
             healthy = reply.status < 500
             return reply
+        except SenderLost:
+            raise  # our sender process went, not the upstream: no verdict on it
         except UpstreamTimeout:
             outcome = Outcome.OVERLOAD
             healthy = False

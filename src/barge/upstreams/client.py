@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import aiohttp
 from aiohttp import hdrs
@@ -12,6 +12,9 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from barge.exceptions import UpstreamError
+
+if TYPE_CHECKING:
+    from barge.upstreams.senders import SenderPool
 
 LARGE_BODY = 1 << 20  # bytes
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # one answer, after decompression
@@ -23,6 +26,12 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamConnectionError(UpstreamError):
     """The connection was refused, reset, or closed before the answer was whole."""
+
+
+class SenderLost(UpstreamConnectionError):
+    """The sender process making the request died or stopped answering before the answer
+    came back (--dispatch-processes). Retried like a cut connection, but it says nothing
+    about the upstream: no health or limit verdict comes of it."""
 
 
 class UpstreamUnreachable(UpstreamConnectionError):
@@ -53,7 +62,8 @@ def join_url(base: str, endpoint: str) -> str:
 
 
 class UpstreamClient:
-    """One pooled aiohttp session for one upstream base URL."""
+    """One pooled aiohttp session for one upstream base URL; or, given ``senders``, the
+    same requests made by the sender processes (each with such a client of its own)."""
 
     def __init__(
         self,
@@ -63,6 +73,7 @@ class UpstreamClient:
         timeout: float,
         max_connections: int,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        senders: SenderPool | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -73,8 +84,17 @@ class UpstreamClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
+        self._senders = senders
+        self._sender_id = -1 if senders is None else senders.register({
+            "base_url": base_url, "api_key": api_key, "timeout": timeout,
+            "max_connections": max_connections, "max_response_bytes": max_response_bytes})
 
     async def open(self) -> None:
+        if self._senders is None:
+            self.open_session()
+
+    def open_session(self) -> None:
+        """The aiohttp session (in the running event loop) this client sends on."""
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, limit_per_host=self._max_connections, ttl_dns_cache=300
         )
@@ -96,6 +116,8 @@ class UpstreamClient:
         UpstreamConnectionError when no whole answer came back, UpstreamResponseTooLarge
         when the answer is over ``max_response_bytes``. Redirects are never followed: a
         3xx is an answer like any other (the upstream is one fixed host)."""
+        if self._senders is not None:
+            return await self._senders.send(self._sender_id, endpoint, body)
         session = self._session
         if session is None:
             raise UpstreamConnectionError("The upstream client is closed.")
