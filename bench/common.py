@@ -116,13 +116,13 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds so far of process ``pid`` (all its threads) and of its
-    running children (Barge's sender processes)."""
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """User + system CPU seconds so far of process ``pid`` (all its threads) and, unless
+    ``children`` is False, of its running children (Barge's sender processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    for child in children.read_text().split() if children.exists() else ():
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in kids.read_text().split() if children and kids.exists() else ():
         with contextlib.suppress(OSError):
             total += cpu_seconds(int(child))
     return total

@@ -42,15 +42,16 @@ def main() -> None:
         "Dispatch overhead (instant loopback upstream)",
         ["requests", "concurrency", "dispatch processes", "direct aiohttp req/s (median)",
          "Barge req/s, create→completed (median)", "ratio of medians (each round)",
-         "direct CPU µs/request", "Barge CPU µs/request",
+         "direct CPU µs/request", "Barge CPU µs/request", "of which its main process",
          "CPU ratio direct/Barge (each round)", "upload MB/s"],
         rows,
         f"{args.rounds} alternating rounds per size. Barge's time includes validation, "
         "dispatch, durable result commits and writing the output file; the direct client only "
         "sends. Upstream, client and Barge share the machine's cores. CPU: user + system "
         "seconds of the direct client's process, and of Barge's from upload to completed "
-        "(all its threads, and its sender processes with --dispatch-processes); their ratio "
-        "moves less than the rates when the machine's speed does.",
+        "(all its threads, and its sender processes with --dispatch-processes; the main "
+        "process alone in its own column); their ratio moves less than the rates when the "
+        "machine's speed does.",
     )
 
 
@@ -65,14 +66,15 @@ def run_sizes(base: str, data_dir: Path, sizes: list[int], senders: int,
     try:
         for n in sizes:
             data = chat_lines(n)
-            ideals, runs, uploads, cpu_direct, cpu_barge = [], [], [], [], []
+            ideals, runs, uploads, cpu_direct, cpu_barge, cpu_engine = [], [], [], [], [], []
             for _ in range(args.rounds):
                 before = own_cpu()
                 ideals.append(ideal_seconds(base, data, args.concurrency))
                 cpu_direct.append(own_cpu() - before)
-                before = cpu_seconds(pid)
+                before, engine = cpu_seconds(pid), cpu_seconds(pid, children=False)
                 upload, run, done = barge_seconds(proc, data)
                 cpu_barge.append(cpu_seconds(pid) - before)
+                cpu_engine.append(cpu_seconds(pid, children=False) - engine)
                 assert done == n
                 runs.append(run)
                 uploads.append(upload)
@@ -86,6 +88,7 @@ def run_sizes(base: str, data_dir: Path, sizes: list[int], senders: int,
                 f"**{ideal / run:.2f}** ({spread})",
                 f"{statistics.median(cpu_direct) / n * 1e6:.0f}",
                 f"{statistics.median(cpu_barge) / n * 1e6:.0f}",
+                f"{statistics.median(cpu_engine) / n * 1e6:.0f}",
                 f"{statistics.median(cpu_direct) / statistics.median(cpu_barge):.2f}"
                 f" ({cpu_spread})",
                 f"{len(data) / statistics.median(uploads) / 1e6:,.0f}",
