@@ -66,6 +66,8 @@ def test_a_batch_through_senders_survives_their_deaths(
             killed += 1
         time.sleep(0.02)
     assert killed == 2, "the batch ended before both kills"
+    # Requests lost with a sender blame no upstream: it never left rotation.
+    assert "out of rotation" not in proc.log()
     assert b.status == "completed", b
     assert b.request_counts is not None
     assert (b.request_counts.completed, b.request_counts.failed) == (N - N // 100, N // 100)
