@@ -223,7 +223,7 @@ class App:
                                               settings.upstream_probe_interval))
         self.upstream_health = self.upstream_healths[0]  # the first (or only) upstream
         self.router = Router(routes)
-        self.metrics = Metrics(self.router)
+        self.metrics = Metrics(self.router, self.senders)
         self.dispatcher = Dispatcher(
             self.router,
             RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max),

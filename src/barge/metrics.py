@@ -1,6 +1,7 @@
 """Prometheus metrics for ``GET /metrics``, in a registry of their own per App (tests run
 several Apps in one process). Counters and the latency histogram are fed by the
-dispatcher; gauges of the upstreams and of unfinished batches are read at scrape time."""
+dispatcher; gauges of the upstreams, the sender processes and unfinished batches are read
+at scrape time."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from barge.domain.models import BatchRecord
 from barge.domain.status import OpenAIStatus, project
 from barge.engine.router import Router
 from barge.store.protocol import Store
+from barge.upstreams.senders import SenderPool
 
 # The OpenAI statuses an unfinished batch can show: always reported, 0 when none.
 LIVE_STATUSES = (OpenAIStatus.VALIDATING, OpenAIStatus.IN_PROGRESS,
@@ -37,8 +39,9 @@ class _ScrapeCollector(Collector):
     """Gauges computed when scraped: each upstream's in-flight requests and AIMD limit,
     and the unfinished batches (read by ``Metrics.render`` just before)."""
 
-    def __init__(self, router: Router | None) -> None:
+    def __init__(self, router: Router | None, senders: SenderPool | None) -> None:
         self.router = router
+        self.senders = senders
         self.batches: Sequence[BatchRecord] = ()
         self.webhooks_pending = 0  # webhook deliveries pending or failing, cluster-wide
 
@@ -54,6 +57,13 @@ class _ScrapeCollector(Collector):
             limit.add_metric([route.name], route.limiter.limit)
         yield in_flight
         yield limit
+        if self.senders is not None:
+            yield GaugeMetricFamily("barge_sender_processes",
+                                    "Sender processes running (--dispatch-processes).",
+                                    value=len(self.senders.pids))
+            yield CounterMetricFamily("barge_sender_exits",
+                                      "Sender processes that died or were killed as stuck "
+                                      "(each is replaced).", value=self.senders.exits)
         statuses: Tally[str] = Tally({s.value: 0 for s in LIVE_STATUSES})
         pending: Tally[tuple[str, str]] = Tally()
         for b in self.batches:
@@ -77,7 +87,8 @@ class _ScrapeCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, router: Router | None = None) -> None:
+    def __init__(self, router: Router | None = None,
+                 senders: SenderPool | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._requests = Counter(
             "barge_requests", "Requests that got their final result.",
@@ -99,7 +110,7 @@ class Metrics:
             ["outcome"], registry=self.registry)
         for outcome in WEBHOOK_OUTCOMES:
             self._webhooks.labels(outcome)
-        self._scrape = _ScrapeCollector(router)
+        self._scrape = _ScrapeCollector(router, senders)
         self.registry.register(self._scrape)
         # Label children, cached: ``.labels()`` on every request costs a lock and a tuple.
         self._request_children: dict[tuple[str, str, bool], Counter] = {}

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import orjson
 from barge_process import BargeProcess
 from upstream import UpstreamServer
@@ -84,9 +85,13 @@ def test_a_batch_through_senders_survives_their_deaths(
     for row in err:
         assert row["response"]["status_code"] == 400
         assert row["response"]["body"]["error"]["message"] == f"bad {row['custom_id'][2:]}"
-    # Two new senders took the dead ones' places; the server's end leaves none behind.
+    # Two new senders took the dead ones' places, and /metrics says so; the server's end
+    # leaves none behind.
     now = _senders(proc.proc.pid)
     assert len(now) == 2 and not set(now) & set(first)
+    metrics = httpx.get(f"http://127.0.0.1:{proc.port}/metrics", timeout=10).text
+    assert "\nbarge_sender_processes 2.0\n" in metrics
+    assert "\nbarge_sender_exits_total 2.0\n" in metrics
     proc.kill()
     deadline = time.monotonic() + 10
     while any(map(_alive, now)):

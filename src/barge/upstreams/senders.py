@@ -118,6 +118,7 @@ class SenderPool:
         self._changed: asyncio.Event | None = None
         self._next_id = 0
         self._stopping = False
+        self.exits = 0  # senders that exited or were killed while the pool ran
 
     def register(self, config: dict[str, Any]) -> int:
         """Sends ``config`` (an UpstreamClient's settings) to every sender, now and after
@@ -213,6 +214,8 @@ class SenderPool:
     def _lost(self, link: _Link) -> None:
         if self._links[link.slot] is link:
             self._links[link.slot] = None
+        if not self._stopping:
+            self.exits += 1
         if not self._stopping and link.slot not in self._restarts:
             task = asyncio.get_running_loop().create_task(self._restart(link.slot))
             self._restarts[link.slot] = task
