@@ -642,6 +642,5 @@ def demo(n: int, data_dir: Path | None, keep_running: bool) -> None:
     run_demo(n, data_dir, keep_running)
 
 
-
 if __name__ == "__main__":
     main()

@@ -37,7 +37,8 @@ QUEUE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 
 
 class _ScrapeCollector(Collector):
     """Gauges computed when scraped: each upstream's in-flight requests and AIMD limit,
-    and the unfinished batches (read by ``Metrics.render`` just before)."""
+    the sender processes (running, and exits so far), and the unfinished batches (read
+    by ``Metrics.render`` just before)."""
 
     def __init__(self, router: Router | None, senders: SenderPool | None) -> None:
         self.router = router
