@@ -4,11 +4,15 @@ exactly once and the counts equal the file's lines."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
+import pytest
 from barge_process import BargeProcess
 from openai.types import Batch
 from upstream import UpstreamServer
@@ -94,18 +98,29 @@ def test_kill_9_at_many_points_loses_and_duplicates_nothing(
     )
 
 
+@pytest.mark.parametrize("senders", [0, 2])
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(
-    barge_factory: Callable[..., BargeProcess], upstream: UpstreamServer
+    barge_factory: Callable[..., BargeProcess], upstream: UpstreamServer, senders: int
 ) -> None:
+    """With sender processes too: SIGTERM sent to them as well (as a service manager
+    signals the whole group) lets the engine drain through them; none is left after."""
     upstream.config.latency = 0.3
     proc = barge_factory(upstream.base_url, "--upstream-concurrency", "8",
-                         "--shutdown-grace", "10")
+                         "--shutdown-grace", "10", "--dispatch-processes", str(senders))
+    assert proc.proc is not None
+    helpers = [int(c) for c in Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children")
+               .read_text().split()]
+    assert len(helpers) == senders
     client = proc.client()
     f = client.files.create(file=("in.jsonl", _input(200)), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
     _wait(proc, batch.id, lambda b: _done(b) >= 8)
+    for pid in helpers:
+        os.kill(pid, signal.SIGTERM)
     assert proc.terminate(timeout=30) == 0
+    for pid in helpers:  # gone, and reaped by the server before it exited
+        assert not Path(f"/proc/{pid}").exists()
     sent_before_restart = upstream.stats.total
     stopped = proc.restart().client().batches.retrieve(batch.id)
     # Every request that reached the upstream before SIGTERM got its result recorded.
