@@ -185,7 +185,7 @@ class SenderPool:
         while (link := self._pick()) is None:
             left = deadline - time.monotonic()
             if left <= 0 or self._stopping:
-                raise UpstreamConnectionError("No sender process is running.")
+                raise SenderLost("No sender process is running.")  # not the upstream's doing
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
